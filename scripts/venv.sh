@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (once) and reuse ./.venv with the project installed in editable mode.
+# torch is pinned to the CPU build this machine holds; an unpinned torch pulls a multi-GB CUDA build.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$root/.venv"
+stamp="$venv/.tc-installed"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  "$venv/bin/pip" install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+  "$venv/bin/pip" install -q --disable-pip-version-check -e "$root[test]" "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+  "$venv/bin/python" -c "import torch, libcst, zstandard, traincheck_rewrite" 
+  touch "$stamp"
+fi
