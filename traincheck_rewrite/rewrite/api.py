@@ -1,0 +1,59 @@
+"""rewrite_source(): the whole source-to-source transform of one file, checked before it is returned."""
+
+from __future__ import annotations
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper
+
+from . import bootstrap
+from .calls import HOOK, CallWrapper, SiteTable
+from .names import collect_names
+
+
+class RewriteError(Exception):
+    """A file that cannot be rewritten; the message is one line naming the file and line."""
+
+
+def rewrite_source(
+    source: str | bytes,
+    filename: str,
+    *,
+    modules: tuple[str, ...] = ("torch",),
+    sites: SiteTable | None = None,
+) -> str | bytes:
+    """Instrument `source` (text, or bytes honouring a coding cookie); returns the same type.
+
+    Every original line keeps its number and its text outside the inserted code. An already instrumented source is
+    returned unchanged.
+    """
+    text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+    if bootstrap.is_instrumented(text):
+        return source
+    try:
+        module = cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        raise RewriteError(f"{filename}:{exc.raw_line}:{exc.raw_column + 1}: cannot parse: {exc.message}") from None
+    except Exception as exc:  # libcst raises a few other types for odd input (bad encodings)
+        raise RewriteError(f"{filename}: cannot parse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+    placeable = bootstrap.insert_bootstrap(module) is not None
+    hook = cst.Name(HOOK) if placeable else cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE)
+    facts = collect_names(module, modules)
+    wrapper = CallWrapper(facts, sites if sites is not None else SiteTable(), filename, module, hook)
+    rewritten = MetadataWrapper(module, unsafe_skip_copy=True).visit(wrapper)
+    if placeable:
+        rewritten = bootstrap.insert_bootstrap(rewritten)
+
+    result: str | bytes = rewritten.bytes if isinstance(source, bytes) else rewritten.code
+    _check(result, source, filename)
+    return result
+
+
+def _check(result: str | bytes, source: str | bytes, filename: str) -> None:
+    nl = b"\n" if isinstance(result, bytes) else "\n"
+    if result.count(nl) != source.count(nl):  # type: ignore[arg-type]
+        raise RewriteError(f"{filename}: internal error: the rewrite moved lines; nothing was written")
+    try:
+        compile(result, filename, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise RewriteError(f"{filename}:{exc.lineno}: internal error: rewritten code does not compile: {exc.msg}") from None

@@ -1,0 +1,118 @@
+"""Wrap call sites so the runtime can log the ones that reach an instrumented API.
+
+`f(a, b=c)` becomes `_tc_(7, f)(a, b=c)`: only the callee expression is wrapped, so the arguments keep their text,
+their lines, their evaluation order and their laziness (a generator argument stays a generator). At run time
+`_tc_(site, f)` returns `f` itself when `f` is not an instrumented API (the call then happens in the user's frame,
+exactly as before) and a logging wrapper when it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+from libcst.metadata import PositionProvider
+
+from .names import NameFacts, dotted_name
+
+HOOK = "_tc_"
+
+# Decorators whose functions TorchScript compiles from source: their bodies must stay free of Python-only calls.
+_TORCHSCRIPT_DECORATORS = ("jit.script", "jit.script_method", "jit.interface", "jit.script_if_tracing")
+
+
+@dataclass
+class SiteTable:
+    """Call sites of one run, numbered from 1 across all rewritten files (written as `sites.json`)."""
+
+    sites: dict[int, dict] = field(default_factory=dict)
+
+    def add(self, file: str, line: int, col: int, end_line: int, end_col: int, source: str) -> int:
+        site_id = len(self.sites) + 1
+        self.sites[site_id] = {
+            "file": file,
+            "line": line,
+            "col": col,
+            "end_line": end_line,
+            "end_col": end_col,
+            "source": source,
+        }
+        return site_id
+
+    def to_json(self) -> dict[str, dict]:
+        return {str(k): v for k, v in self.sites.items()}
+
+
+def _is_torchscript_decorated(decorators) -> bool:
+    for dec in decorators:
+        target = dec.decorator.func if isinstance(dec.decorator, cst.Call) else dec.decorator
+        name = dotted_name(target) or ""
+        if name.endswith(_TORCHSCRIPT_DECORATORS) or name in ("script", "script_method"):
+            return True
+    return False
+
+
+class CallWrapper(cst.CSTTransformer):
+    """Wraps every call whose callee might be an instrumented API; records its site."""
+
+    METADATA_DEPENDENCIES = (PositionProvider,)
+
+    def __init__(self, facts: NameFacts, sites: SiteTable, filename: str, module: cst.Module, hook: cst.BaseExpression):
+        super().__init__()
+        self.facts = facts
+        self.sites = sites
+        self.filename = filename
+        self.module = module
+        self.hook = hook
+        self.torchscript_depth = 0
+        self.wrapped = 0
+
+    # TorchScript compiles these bodies from their source text: leave them as written.
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        if _is_torchscript_decorated(node.decorators):
+            self.torchscript_depth += 1
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
+        if _is_torchscript_decorated(original_node.decorators):
+            self.torchscript_depth -= 1
+        return updated_node
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        if _is_torchscript_decorated(node.decorators):
+            self.torchscript_depth += 1
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        if _is_torchscript_decorated(original_node.decorators):
+            self.torchscript_depth -= 1
+        return updated_node
+
+    def _may_be_api(self, callee: cst.BaseExpression) -> bool:
+        if isinstance(callee, cst.Name):
+            return not self.facts.skippable_name(callee.value)
+        if isinstance(callee, cst.Attribute):
+            base = callee.value
+            while isinstance(base, cst.Attribute):
+                base = base.value
+            if isinstance(base, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString)):
+                return False  # "sep".join(...), "{}".format(...)
+            if isinstance(base, cst.Name) and self.facts.skippable_base(base.value):
+                return False
+        return True
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
+        if self.torchscript_depth or not self._may_be_api(original_node.func):
+            return updated_node
+        pos = self.get_metadata(PositionProvider, original_node)
+        text = self.module.code_for_node(original_node)
+        if len(text) > 200:
+            text = text[:197] + "..."
+        site = self.sites.add(self.filename, pos.start.line, pos.start.column, pos.end.line, pos.end.column, text)
+        self.wrapped += 1
+        wrapped_callee = cst.Call(
+            func=self.hook,
+            args=[
+                cst.Arg(cst.Integer(str(site)), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))),
+                cst.Arg(updated_node.func),
+            ],
+        )
+        return updated_node.with_changes(func=wrapped_callee)

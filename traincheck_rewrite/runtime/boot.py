@@ -1,0 +1,140 @@
+"""What an instrumented file imports first: find the run folder, start the recorder once, hand out the hook.
+
+`attach(__file__)` looks for the run folder in `TC_REWRITE_RUN_DIR`, else walks up from the instrumented file to the
+nearest folder holding `run.json`. Traces go to `<run folder>/traces` unless `TC_REWRITE_TRACE_DIR` says otherwise.
+Without a run folder the program runs untraced, after one warning.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import sys
+import threading
+
+from . import recorder
+from .writer import warn_once
+
+_attached = False
+
+
+def _find_run_dir(file: str | None) -> str | None:
+    env = os.environ.get("TC_REWRITE_RUN_DIR")
+    if env:
+        return env
+    if not file:
+        return None
+    folder = os.path.dirname(os.path.abspath(file))
+    while True:
+        if os.path.isfile(os.path.join(folder, "run.json")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def _runtime_settings(run_dir: str) -> dict:
+    try:
+        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
+            return json.load(f).get("runtime", {})
+    except (OSError, ValueError) as exc:
+        warn_once(f"cannot read {os.path.join(run_dir, 'run.json')} ({exc}); using default settings")
+        return {}
+
+
+def attach(file: str | None):
+    """Start tracing for this process (once) and return the call hook."""
+    global _attached
+    if not _attached:
+        _attached = True
+        try:
+            _start(file)
+        except Exception as exc:  # the program must run even when tracing cannot
+            warn_once(f"tracing is off: {type(exc).__name__}: {exc}")
+    return recorder.hook
+
+
+def _start(file: str | None) -> None:
+    run_dir = _find_run_dir(file)
+    if run_dir is None:
+        warn_once(f"no run folder (run.json) found above {file}; the program runs untraced")
+        return
+    settings = _runtime_settings(run_dir)
+    trace_dir = os.environ.get("TC_REWRITE_TRACE_DIR") or os.path.join(run_dir, "traces")
+    recorder.start(trace_dir, tuple(settings.get("modules", ("torch",))))
+    atexit.register(recorder.flush_all, True)
+    os.register_at_fork(after_in_child=recorder.after_fork_in_child)
+    _install_sigterm_flush()
+    _hide_runtime_frames()
+
+
+def _install_sigterm_flush() -> None:
+    """Flush on SIGTERM when the program keeps the default action; the process still dies by SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum, frame):
+        recorder.flush_all(close=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _strip(exc: BaseException | None, seen: set) -> None:
+    """Unlink the recorder's own frames from `exc`'s traceback (and its chained exceptions)."""
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+            tb = tb.tb_next
+        exc.__traceback__ = tb
+        while tb is not None:
+            nxt = tb.tb_next
+            while nxt is not None and nxt.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+                nxt = nxt.tb_next
+            tb.tb_next = nxt
+            tb = nxt
+        _strip(exc.__cause__, seen)
+        exc = exc.__context__
+
+
+def _hide_runtime_frames() -> None:
+    """Uncaught tracebacks print exactly as without the tool (the logging wrapper adds one frame per API call)."""
+    if sys.excepthook is sys.__excepthook__:
+
+        def excepthook(exc_type, exc, tb):
+            try:
+                _strip(exc, set())
+                tb = exc.__traceback__
+            except Exception:
+                pass
+            sys.__excepthook__(exc_type, exc, tb)
+
+        sys.excepthook = excepthook
+    if threading.excepthook is threading.__excepthook__:
+
+        def thread_excepthook(args):
+            try:
+                _strip(args.exc_value, set())
+                args = type(args)((args.exc_type, args.exc_value, args.exc_value.__traceback__, args.thread))
+            except Exception:
+                pass
+            threading.__excepthook__(args)
+
+        threading.excepthook = thread_excepthook
+
+
+def lazy(site: int, fn):
+    """The hook for files with no line to hold the import: attaches from the caller's `__file__` on first use."""
+    if not _attached:
+        attach(sys._getframe(1).f_globals.get("__file__"))
+    return recorder.hook(site, fn)

@@ -1,0 +1,14 @@
+"""Meta variables attached to every record.
+
+`current` is replaced, never mutated, so a record can hold a reference to it at no cost and still show the values
+of its own moment.
+"""
+
+from __future__ import annotations
+
+current: dict = {"step": 0}
+
+
+def update(**values) -> None:
+    global current
+    current = {**current, **values}

@@ -1,0 +1,299 @@
+"""The call hook of instrumented programs: `_tc_(site, fn)` returns `fn`, or a wrapper that logs the call.
+
+The decision depends only on the callee and is cached per type (bounded), so a call that is not an instrumented API
+costs one function call and one or two dict look-ups and then runs in the user's own frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
+
+from . import meta
+from .values import envelope, return_envelope, type_name
+from .writer import TraceWriter, warn_once
+
+PRE = "function_call (pre)"
+POST = "function_call (post)"
+EXC = "function_call (post) (exception)"
+_NO_PROXIES: list = []
+
+# Definitions reached through a C base class are named after the class users know.
+_CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
+
+
+class _State:
+    """Process-wide recorder state; replaced in a forked child."""
+
+    def __init__(self, trace_dir: str, modules: tuple[str, ...]) -> None:
+        self.trace_dir = trace_dir
+        self.modules = modules
+        self.pid = os.getpid()
+        self.id_base = self.pid * 1_000_000_000
+        self.ids = itertools.count(1)
+        self.local = threading.local()
+        self.writers: list[TraceWriter] = []
+        self.lock = threading.Lock()
+
+
+_state: _State | None = None
+_module_ok: dict[str, bool] = {}
+_method_info: dict = {}  # (type, name) -> info | None
+_class_info: dict = {}  # class (called to construct) -> info | None
+_call_info: dict = {}  # type of a callable instance -> info | None
+
+
+def enabled() -> bool:
+    return _state is not None
+
+
+def start(trace_dir: str, modules: tuple[str, ...]) -> None:
+    global _state
+    os.makedirs(trace_dir, exist_ok=True)
+    _module_ok.clear()
+    _method_info.clear()
+    _class_info.clear()
+    _call_info.clear()
+    _state = _State(trace_dir, modules)
+
+
+def _instrumented(module) -> bool:
+    ok = _module_ok.get(module)
+    if ok is None:
+        ok = bool(module) and isinstance(module, str) and any(
+            module == m or module.startswith(m + ".") for m in _state.modules
+        )
+        _module_ok[module] = ok
+    return ok
+
+
+def _info(name: str, bound: bool) -> tuple:
+    """(function name, is_bound_method, ends a training step)."""
+    boundary = name.startswith("torch.optim.") and name.endswith(".step")
+    return (name, bound, boundary)
+
+
+def _class_path(cls: type) -> str:
+    path = type_name(cls)
+    return _CLASS_ALIASES.get(path, path)
+
+
+def _definer(cls: type, name: str) -> type | None:
+    for base in cls.__mro__:
+        if name in base.__dict__:
+            return base
+    return None
+
+
+def _method(cls: type, name: str):
+    key = (cls, name)
+    try:
+        return _method_info[key]
+    except KeyError:
+        pass
+    definer = _definer(cls, name)
+    info = None
+    if definer is not None and _instrumented(definer.__module__):
+        info = _info(f"{_class_path(definer)}.{name}", True)
+    _method_info[key] = info
+    return info
+
+
+def lookup(fn):
+    """(info, self) when `fn` is an instrumented API, else None."""
+    t = type(fn)
+    if t is FunctionType:
+        if _instrumented(fn.__module__):
+            return _info(f"{fn.__module__}.{fn.__qualname__}", False), None
+        return None
+    if t is MethodType:
+        func = fn.__func__
+        if _instrumented(getattr(func, "__module__", None)):
+            return _info(f"{func.__module__}.{func.__qualname__}", True), fn.__self__
+        return None
+    if t is BuiltinFunctionType:  # also bound C methods
+        owner = fn.__self__
+        if owner is None or type(owner) is ModuleType:
+            module = fn.__module__ or getattr(owner, "__name__", None)
+            if _instrumented(module):
+                return _info(f"{module}.{fn.__name__}", False), None
+            return None
+        if isinstance(owner, type):
+            info = _method(owner, fn.__name__)
+            return (info, None) if info is not None else None
+        info = _method(type(owner), fn.__name__)
+        return (info, owner) if info is not None else None
+    if isinstance(fn, type):
+        try:
+            info = _class_info[fn]
+        except KeyError:
+            info = _class_info[fn] = _info(_class_path(fn), False) if _instrumented(fn.__module__) else None
+        return (info, None) if info is not None else None
+    try:
+        info = _call_info[t]
+    except KeyError:
+        info = _classify(fn, t)
+    return (info, fn if info[1] else None) if info is not None else None
+
+
+def _classify(fn, t: type):
+    """Descriptors and callable instances: cached per type."""
+    objclass = getattr(fn, "__objclass__", None)  # unbound C method: torch.Tensor.add(x, y)
+    if isinstance(objclass, type):
+        name = getattr(fn, "__name__", "")
+        # descriptors are shared objects of a few types: decided each time, not cached by type
+        return _info(f"{_class_path(objclass)}.{name}", False) if _instrumented(objclass.__module__) else None
+    definer = _definer(t, "__call__")
+    info = None
+    if definer is not None and _instrumented(definer.__module__):
+        info = _info(f"{_class_path(definer)}.__call__", True)
+    _call_info[t] = info
+    return info
+
+
+def hook(site: int, fn):
+    """What `_tc_(site, fn)` evaluates to."""
+    if _state is None:
+        return fn
+    try:
+        found = lookup(fn)
+    except Exception as exc:
+        _recorder_error(exc)
+        return fn
+    if found is None:
+        return fn
+    return MethodType(_logged, (site, fn, found[0], found[1]))
+
+
+def _thread():
+    local = _state.local
+    try:
+        return local.writer, local.stack, local.tid
+    except AttributeError:
+        tid = threading.get_ident()
+        writer = TraceWriter(os.path.join(_state.trace_dir, f"trace_API_{_state.pid}_{tid}.log.zst"))
+        with _state.lock:
+            _state.writers.append(writer)
+        local.writer, local.stack, local.tid, local.last_time = writer, [], tid, 0
+        return writer, local.stack, tid
+
+
+def _now() -> int:
+    local = _state.local
+    t = time.monotonic_ns()
+    if t <= local.last_time:
+        t = local.last_time + 1
+    local.last_time = t
+    return t
+
+
+def _logged(ctx, *args, **kwargs):
+    site, fn, info, owner = ctx
+    state = _state
+    if state is None:
+        return fn(*args, **kwargs)
+    try:
+        writer, stack, tid = _thread()
+        name, bound, boundary = info
+        call_id = state.id_base + next(state.ids)
+        if owner is not None:
+            arg_env = {"0": envelope(owner)}
+            for i, a in enumerate(args, 1):
+                arg_env[str(i)] = envelope(a)
+        else:
+            arg_env = {str(i): envelope(a) for i, a in enumerate(args)}
+        now = _now()
+        writer.append(
+            {
+                "type": PRE,
+                "func_call_id": call_id,
+                "function": name,
+                "time": now,
+                "process_id": state.pid,
+                "thread_id": tid,
+                "meta_vars": meta.current,
+                "is_bound_method": bound,
+                "obj_id": id(owner) if owner is not None else None,
+                "parent_id": stack[-1] if stack else None,
+                "site": site,
+                "args": arg_env,
+                "kwargs": {k: envelope(v) for k, v in kwargs.items()},
+                "proxy_obj_names": _NO_PROXIES,
+            },
+            now,
+        )
+    except Exception as exc:
+        _recorder_error(exc)
+        return fn(*args, **kwargs)
+    stack.append(call_id)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        _close(stack, writer, tid, call_id, name, _exception_record(exc))
+        raise
+    _close(stack, writer, tid, call_id, name, None, result)
+    if boundary:
+        writer.flush()
+    return result
+
+
+def _exception_record(exc: BaseException) -> dict:
+    try:
+        msg = str(exc)
+    except Exception:
+        msg = "<str() failed>"
+    return {"exception": type_name(type(exc)), "exception_msg": msg[:1000]}
+
+
+def _close(stack, writer, tid, call_id, name, exc_fields, result=None) -> None:
+    if stack and stack[-1] == call_id:
+        stack.pop()
+    state = _state
+    if state is None:
+        return
+    try:
+        now = _now()
+        record = {
+            "type": EXC if exc_fields is not None else POST,
+            "func_call_id": call_id,
+            "function": name,
+            "time": now,
+            "process_id": state.pid,
+            "thread_id": tid,
+            "meta_vars": meta.current,
+            "parent_id": stack[-1] if stack else None,
+        }
+        if exc_fields is not None:
+            record.update(exc_fields)
+        else:
+            record["return_values"] = return_envelope(result)
+        writer.append(record, now)
+    except Exception as exc:
+        _recorder_error(exc)
+
+
+def _recorder_error(exc: Exception) -> None:
+    warn_once(f"recorder error ({type(exc).__name__}: {exc}); the program runs on, this call is not logged")
+
+
+def flush_all(close: bool = False) -> None:
+    state = _state
+    if state is None:
+        return
+    with state.lock:
+        writers = list(state.writers)
+    for w in writers:
+        if close:
+            w.close()
+        else:
+            w.flush()
+
+
+def after_fork_in_child() -> None:
+    """A forked child (DataLoader worker) starts its own files; the parent flushes what it had buffered."""
+    global _state
+    if _state is not None:
+        _state = _State(_state.trace_dir, _state.modules)

@@ -1,0 +1,134 @@
+"""Argument and return-value envelopes: `{"<type name>": payload}`, cheap and never consuming anything.
+
+A tensor is summarised by a fixed set of attributes (no contents, no walk over `dir()`); other objects by at most 16
+public primitive attributes of their `__dict__`. torch is looked up lazily: the runtime must not import it before the
+program does (scripts set environment variables before `import torch`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+MAX_ITEMS = 16
+MAX_STR = 200
+
+_PRIMITIVES = (bool, int, float, str, type(None))
+_tensor_type = None
+_tensor_type_names: dict = {}
+_type_names: dict = {}
+
+
+def _float(v: float):
+    if v - v == 0.0:
+        return v
+    return "nan" if v != v else ("inf" if v > 0 else "-inf")
+
+
+def type_name(t: type) -> str:
+    name = _type_names.get(t)
+    if name is None:
+        module = t.__module__
+        name = t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}"
+        _type_names[t] = name
+    return name
+
+
+def _tensor(v) -> dict:
+    dtype = v.dtype
+    device = v.device
+    key = (dtype, device.type)
+    tname = _tensor_type_names.get(key)
+    if tname is None:
+        tname = _tensor_type_names[key] = v.type() if v.layout is _strided() else f"torch.{v.layout}"
+    numel = v.numel()
+    itemsize = v.element_size()
+    return {
+        tname: {
+            "dtype": str(dtype),
+            "shape": list(v.shape),
+            "device": str(device),
+            "requires_grad": v.requires_grad,
+            "is_leaf": v.is_leaf,
+            "ndim": v.ndim,
+            "numel": numel,
+            "itemsize": itemsize,
+            "nbytes": numel * itemsize,
+            "is_cpu": device.type == "cpu",
+        }
+    }
+
+
+def _strided():
+    return sys.modules["torch"].strided
+
+
+def _sequence(v) -> list:
+    out = [envelope(x) for x in v[:MAX_ITEMS]] if isinstance(v, (list, tuple)) else []
+    if len(v) > MAX_ITEMS:
+        out.append({"...": len(v) - MAX_ITEMS})
+    return out
+
+
+def _mapping(v: dict) -> dict:
+    out = {}
+    for i, (k, x) in enumerate(v.items()):
+        if i == MAX_ITEMS:
+            out["..."] = {"int": len(v) - MAX_ITEMS}
+            break
+        out[k if type(k) is str else repr(k)] = envelope(x)
+    return out
+
+
+def _object(v) -> dict:
+    attrs = {}
+    d = getattr(v, "__dict__", None)
+    if type(d) is dict:
+        for k, x in d.items():
+            if k[:1] != "_" and type(x) in _PRIMITIVES:
+                attrs[k] = _float(x) if type(x) is float else (x[:MAX_STR] if type(x) is str else x)
+                if len(attrs) == MAX_ITEMS:
+                    break
+    return {type_name(type(v)): attrs}
+
+
+_ENCODERS = {
+    type(None): lambda v: {"NoneType": None},
+    bool: lambda v: {"bool": v},
+    int: lambda v: {"int": v},
+    float: lambda v: {"float": _float(v)},
+    str: lambda v: {"str": v[:MAX_STR]},
+    bytes: lambda v: {"bytes": len(v)},
+    list: lambda v: {"list": _sequence(v)},
+    tuple: lambda v: {"tuple": _sequence(v)},
+    dict: lambda v: {"dict": _mapping(v)},
+}
+
+
+def _torch_encoders() -> None:
+    """Register torch's own types once torch is imported."""
+    global _tensor_type
+    torch = sys.modules["torch"]
+    _tensor_type = torch.Tensor
+    _ENCODERS[torch.dtype] = lambda v: {"torch.dtype": str(v)}
+    _ENCODERS[torch.device] = lambda v: {"torch.device": str(v)}
+    _ENCODERS[torch.Size] = lambda v: {"torch.Size": list(v)}
+
+
+def envelope(v) -> dict:
+    encode = _ENCODERS.get(type(v))
+    if encode is not None:
+        return encode(v)
+    if _tensor_type is None and "torch" in sys.modules:
+        _torch_encoders()
+        encode = _ENCODERS.get(type(v))
+        if encode is not None:
+            return encode(v)
+    if _tensor_type is not None and isinstance(v, _tensor_type):
+        return _tensor(v)
+    return _object(v)
+
+
+def return_envelope(v):
+    if type(v) is tuple:
+        return [envelope(x) for x in v[:MAX_ITEMS]]
+    return envelope(v)
