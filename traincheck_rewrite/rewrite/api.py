@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+
 import libcst as cst
-from libcst.metadata import MetadataWrapper
 
 from . import bootstrap
 from .calls import HOOK, CallWrapper, SiteTable
 from .names import collect_names
+from .positions import call_spans, cst_call_spans
 
 
 class RewriteError(Exception):
@@ -36,17 +38,31 @@ def rewrite_source(
     except Exception as exc:  # libcst raises a few other types for odd input (bad encodings)
         raise RewriteError(f"{filename}: cannot parse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
+    text = source.decode(module.encoding, "replace") if isinstance(source, bytes) else source
+    try:
+        tree = ast.parse(text, filename)
+    except SyntaxError as exc:  # valid for libcst's grammar, not for this Python
+        raise RewriteError(f"{filename}:{exc.lineno}: cannot compile: {exc.msg}") from None
+
     placeable = bootstrap.insert_bootstrap(module) is not None
     hook = cst.Name(HOOK) if placeable else cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE)
-    facts = collect_names(module, modules)
-    wrapper = CallWrapper(facts, sites if sites is not None else SiteTable(), filename, module, hook)
-    rewritten = MetadataWrapper(module, unsafe_skip_copy=True).visit(wrapper)
+    facts = collect_names(tree, modules)
+    sites = sites if sites is not None else SiteTable()
+    rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook)
+    if wrapper.mismatch or wrapper.visited != len(wrapper.spans):
+        rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook)
     if placeable:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 
     result: str | bytes = rewritten.bytes if isinstance(source, bytes) else rewritten.code
     _check(result, source, filename)
+    sites.extend(filename, wrapper.wrapped)
     return result
+
+
+def _wrap_calls(module, facts, spans, site_base, hook) -> tuple[cst.Module, CallWrapper]:
+    wrapper = CallWrapper(facts, spans, site_base, hook)
+    return module.visit(wrapper), wrapper
 
 
 def _check(result: str | bytes, source: str | bytes, filename: str) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import libcst as cst
-from libcst.metadata import PositionProvider
 
 from .names import NameFacts, dotted_name
+from .positions import Span
 
 HOOK = "_tc_"
 
@@ -27,17 +27,16 @@ class SiteTable:
 
     sites: dict[int, dict] = field(default_factory=dict)
 
-    def add(self, file: str, line: int, col: int, end_line: int, end_col: int, source: str) -> int:
-        site_id = len(self.sites) + 1
-        self.sites[site_id] = {
-            "file": file,
-            "line": line,
-            "col": col,
-            "end_line": end_line,
-            "end_col": end_col,
-            "source": source,
-        }
-        return site_id
+    def extend(self, file: str, spans: list[Span]) -> None:
+        for span in spans:
+            self.sites[len(self.sites) + 1] = {
+                "file": file,
+                "line": span.line,
+                "col": span.col,
+                "end_line": span.end_line,
+                "end_col": span.end_col,
+                "source": span.text,
+            }
 
     def to_json(self) -> dict[str, dict]:
         return {str(k): v for k, v in self.sites.items()}
@@ -53,19 +52,22 @@ def _is_torchscript_decorated(decorators) -> bool:
 
 
 class CallWrapper(cst.CSTTransformer):
-    """Wraps every call whose callee might be an instrumented API; records its site."""
+    """Wraps every call whose callee might be an instrumented API; collects the spans of the wrapped sites.
 
-    METADATA_DEPENDENCIES = (PositionProvider,)
+    Site ids start after `site_base`; the caller registers `wrapped` in a SiteTable once the file succeeded.
+    """
 
-    def __init__(self, facts: NameFacts, sites: SiteTable, filename: str, module: cst.Module, hook: cst.BaseExpression):
+    def __init__(self, facts: NameFacts, spans: list[Span], site_base: int, hook: cst.BaseExpression):
         super().__init__()
+        self.site_base = site_base
         self.facts = facts
-        self.sites = sites
-        self.filename = filename
-        self.module = module
+        self.spans = spans
         self.hook = hook
         self.torchscript_depth = 0
-        self.wrapped = 0
+        self.visited = 0
+        self.order: dict[int, int] = {}  # id(original Call) -> index into spans
+        self.wrapped: list[Span] = []  # in site order
+        self.mismatch = False
 
     # TorchScript compiles these bodies from their source text: leave them as written.
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
@@ -99,15 +101,20 @@ class CallWrapper(cst.CSTTransformer):
                 return False
         return True
 
+    def visit_Call(self, node: cst.Call) -> None:
+        self.order[id(node)] = self.visited
+        self.visited += 1
+
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
         if self.torchscript_depth or not self._may_be_api(original_node.func):
             return updated_node
-        pos = self.get_metadata(PositionProvider, original_node)
-        text = self.module.code_for_node(original_node)
-        if len(text) > 200:
-            text = text[:197] + "..."
-        site = self.sites.add(self.filename, pos.start.line, pos.start.column, pos.end.line, pos.end.column, text)
-        self.wrapped += 1
+        index = self.order[id(original_node)]
+        span = self.spans[index] if index < len(self.spans) else None
+        if span is None or span.callee != dotted_name(original_node.func):
+            self.mismatch = True
+            return updated_node
+        self.wrapped.append(span)
+        site = self.site_base + len(self.wrapped)
         wrapped_callee = cst.Call(
             func=self.hook,
             args=[

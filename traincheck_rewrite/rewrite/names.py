@@ -7,6 +7,7 @@ attribute of a standard-library module, a method of a string literal.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import sys
 from dataclasses import dataclass, field
@@ -67,113 +68,48 @@ class NameFacts:
         )
 
 
-def _target_names(node: cst.CSTNode) -> list[str]:
-    if isinstance(node, cst.Name):
-        return [node.value]
-    if isinstance(node, (cst.Tuple, cst.List)):
-        return [n for el in node.elements for n in _target_names(el.value)]
-    if isinstance(node, cst.StarredElement):
-        return _target_names(node.value)
-    return []
+def collect_names(tree: ast.Module, modules: tuple[str, ...]) -> NameFacts:
+    """Walk the `ast` of the file (C-speed parse, cheap walk) and classify every binding."""
+    facts = NameFacts()
+    other = facts.other_bindings
 
-
-class NameCollector(cst.CSTVisitor):
-    def __init__(self, modules: tuple[str, ...]) -> None:
-        self.modules = modules
-        self.facts = NameFacts()
-
-    def _bind(self, names) -> None:
-        self.facts.other_bindings.update(names)
-
-    def _bind_import(self, name: str, module: str) -> None:
-        if module_matches(module, self.modules):
-            self.facts.instrumented_imports[name] = module
+    def bind_import(name: str, module: str) -> None:
+        if module_matches(module, modules):
+            facts.instrumented_imports[name] = module
         elif module.split(".")[0] in STDLIB_MODULES:
-            self.facts.stdlib_imports.add(name)
+            facts.stdlib_imports.add(name)
         else:
-            self.facts.other_bindings.add(name)
+            other.add(name)
 
-    def visit_Import(self, node: cst.Import) -> None:
-        for alias in node.names:
-            full = dotted_name(alias.name) or ""
-            if alias.asname is not None:
-                self._bind_import(alias.asname.name.value, full)
-            else:
-                self._bind_import(full.split(".")[0], full.split(".")[0])
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        module = dotted_name(node.module) if node.module is not None else ""
-        if node.relative:
-            module = ""  # the user's own package
-        if isinstance(node.names, cst.ImportStar):
-            if module and module_matches(module, self.modules):
-                self.facts.instrumented_star = True
-            return
-        for alias in node.names:
-            bound = alias.asname.name.value if alias.asname else alias.name.value
-            if module:
-                self._bind_import(bound, f"{module}.{alias.name.value}")
-            else:
-                self.facts.other_bindings.add(bound)
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        (self.facts.other_bindings if node.decorators else self.facts.user_defs).add(node.name.value)
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        (self.facts.other_bindings if node.decorators else self.facts.user_defs).add(node.name.value)
-
-    def visit_Param(self, node: cst.Param) -> None:
-        self._bind([node.name.value])
-
-    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        self._bind(_target_names(node.target))
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        self._bind(_target_names(node.target))
-
-    def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        self._bind(_target_names(node.target))
-
-    def visit_For(self, node: cst.For) -> None:
-        self._bind(_target_names(node.target))
-
-    def visit_CompFor(self, node: cst.CompFor) -> None:
-        self._bind(_target_names(node.target))
-
-    def visit_WithItem(self, node: cst.WithItem) -> None:
-        if node.asname is not None:
-            self._bind(_target_names(node.asname.name))
-
-    def visit_ExceptHandler(self, node: cst.ExceptHandler) -> None:
-        if node.name is not None:
-            self._bind(_target_names(node.name.name))
-
-    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-        self._bind(_target_names(node.target))
-
-    def visit_Global(self, node: cst.Global) -> None:
-        self._bind(item.name.value for item in node.names)
-
-    def visit_Nonlocal(self, node: cst.Nonlocal) -> None:
-        self._bind(item.name.value for item in node.names)
-
-    def visit_MatchAs(self, node: cst.MatchAs) -> None:
-        if node.name is not None:
-            self._bind([node.name.value])
-
-    def visit_MatchStar(self, node: cst.MatchStar) -> None:
-        if node.name is not None:
-            self._bind([node.name.value])
-
-    def visit_MatchMapping(self, node: cst.MatchMapping) -> None:
-        if node.rest is not None:
-            self._bind([node.rest.value])
-
-    def visit_Del(self, node: cst.Del) -> None:
-        self._bind(_target_names(node.target))
-
-
-def collect_names(module: cst.Module, modules: tuple[str, ...]) -> NameFacts:
-    collector = NameCollector(modules)
-    module.visit(collector)
-    return collector.facts
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    bind_import(alias.asname, alias.name)
+                else:
+                    top = alias.name.split(".")[0]
+                    bind_import(top, top)
+        elif isinstance(node, ast.ImportFrom):
+            module = "" if node.level else (node.module or "")
+            for alias in node.names:
+                if alias.name == "*":
+                    facts.instrumented_star |= bool(module) and module_matches(module, modules)
+                elif module:
+                    bind_import(alias.asname or alias.name, f"{module}.{alias.name}")
+                else:
+                    other.add(alias.asname or alias.name)  # the user's own package
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            (other if node.decorator_list else facts.user_defs).add(node.name)
+        elif isinstance(node, ast.arg):
+            other.add(node.arg)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            other.add(node.id)  # assignment, for/with/comprehension targets, walrus, del
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            other.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            other.update(node.names)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            other.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            other.add(node.rest)
+    return facts

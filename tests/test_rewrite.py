@@ -1,0 +1,215 @@
+"""Before/after tests of the source rewrite, on strings alone (no torch, no subprocess)."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+import pytest
+
+from traincheck_rewrite.rewrite import RewriteError, SiteTable, rewrite_source
+from traincheck_rewrite.rewrite.bootstrap import MARKER
+
+BOOT = f"import traincheck_rewrite.runtime.boot as _tc_boot; {MARKER}"
+
+
+def rw(src: str, **kw) -> str:
+    return rewrite_source(textwrap.dedent(src), "t.py", **kw)
+
+
+def test_wraps_only_the_callee_and_keeps_arguments_verbatim():
+    out = rw(
+        """\
+        import torch
+        y = torch.nn.functional.relu(x,  inplace=False)  # keep me
+        """
+    )
+    assert out == f"{BOOT}; import torch\ny = _tc_(1, torch.nn.functional.relu)(x,  inplace=False)  # keep me\n"
+
+
+def test_docstring_stays_first_and_future_imports_stay_before_the_bootstrap():
+    out = rw(
+        '''\
+        """Doc."""
+        from __future__ import annotations
+        from __future__ import division
+        import torch
+        '''
+    )
+    lines = out.splitlines()
+    assert lines[0] == '"""Doc."""'
+    assert lines[1] == "from __future__ import annotations"
+    assert lines[2] == f"from __future__ import division; {BOOT}"
+    assert ast.get_docstring(ast.parse(out)) == "Doc."
+    compile(out, "t.py", "exec")
+
+
+def test_docstring_only_module_gets_bootstrap_on_the_docstring_line():
+    out = rw('''"""Doc\nmore."""\nimport torch\n''')
+    assert out.splitlines()[1] == f'more."""; {BOOT}'
+
+
+def test_compound_first_statement_uses_a_blank_line_and_keeps_the_shebang():
+    src = "#!/usr/bin/env python\n\nif True:\n    import torch\n    torch.ones(1)\n"
+    out = rewrite_source(src, "t.py")
+    assert out.splitlines()[:3] == ["#!/usr/bin/env python", BOOT, "if True:"]
+    assert "_tc_(1, torch.ones)(1)" in out
+
+
+def test_coding_cookie_on_line_two_is_never_displaced():
+    src = "# first\n# -*- coding: latin-1 -*-\nif True:\n    import torch\n    torch.ones(1)\n".encode("latin-1")
+    out = rewrite_source(src, "t.py")
+    assert isinstance(out, bytes)
+    assert out.splitlines()[:2] == [b"# first", b"# -*- coding: latin-1 -*-"]
+    assert b"lazy" in out  # no line could take the import
+
+
+def test_latin1_source_stays_latin1():
+    src = "# -*- coding: latin-1 -*-\nimport torch\ns = 'caf\xe9'\ntorch.ones(1)\n".encode("latin-1")
+    out = rewrite_source(src, "t.py")
+    assert b"caf\xe9" in out
+    assert out.splitlines()[0] == b"# -*- coding: latin-1 -*-"
+    compile(out, "t.py", "exec")
+
+
+def test_file_starting_with_def_gets_the_lazy_hook():
+    out = rw(
+        """\
+        def f():
+            import torch
+            return torch.ones(1)
+        """
+    )
+    assert '__import__("traincheck_rewrite.runtime.boot", fromlist=("lazy",)).lazy(1, torch.ones)(1)' in out
+    assert out.count("\n") == 3
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "print(len([1]))\n",  # builtins
+        "import os\nos.path.join('a', 'b')\n",  # stdlib module attributes
+        "def helper(x):\n    return x\nhelper(1)\n",  # the file's own function
+        "', '.join(['a'])\n",  # string literal methods
+        "x = 1\ndef m():\n    return locals(), globals(), vars(), dir()\n",  # frame-sensitive builtins
+    ],
+)
+def test_calls_that_can_never_reach_torch_are_left_alone(src):
+    sites = SiteTable()
+    out = rewrite_source(src, "t.py", sites=sites)
+    assert sites.sites == {}
+    assert out.replace(BOOT + "; ", "") == src
+
+
+def test_zero_argument_super_is_never_wrapped_but_the_method_call_is():
+    out = rw(
+        """\
+        import torch
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+        """
+    )
+    assert "_tc_(1, super().__init__)()" in out
+    assert "_tc_(2, super)" not in out
+
+
+def test_star_import_from_torch_makes_builtin_names_candidates():
+    out = rw("from torch import *\nabs(x)\n")
+    assert "_tc_(1, abs)(x)" in out
+
+
+def test_rebound_builtin_is_a_candidate():
+    out = rw("import torch\nlen = torch.numel\nlen(x)\n")
+    assert "_tc_(1, len)(x)" in out
+
+
+def test_syntax_forms_keep_lines_and_compile():
+    src = textwrap.dedent(
+        '''\
+        """Doc."""
+        import torch
+        from torch.nn import *
+        @torch.no_grad()
+        def f(a=torch.ones(1), *, b=lambda: torch.zeros(1)):
+            global G
+            if a.sum() > 1:
+                pass
+            elif (z := torch.ones(2)).sum() > 0:
+                return [torch.relu(t) for t in z if t.sum() > 0]
+            return f"{torch.sum(a)!r:>10} {'x'}"
+        class K:
+            w = torch.ones(3)
+            def __p(self):
+                return self.__q(torch.ones(1))
+        async def g(x):
+            async with x.lock():
+                return await x.fetch(torch.ones(1))
+        match torch.ones(1).shape:
+            case torch.Size([1]) if torch.ones(1).item() > 0:
+                pass
+        total = sum(torch.ones(1) for _ in range(3))
+        h = (
+            torch.cat(  # comment inside
+                [torch.ones(1),
+                 torch.zeros(1)],
+            )
+        )
+        '''
+    )
+    sites = SiteTable()
+    out = rewrite_source(src, "t.py", sites=sites)
+    assert out.count("\n") == src.count("\n")
+    compile(out, "t.py", "exec")
+    assert "# comment inside" in out
+    assert "sum(_tc_(" not in out or "_tc_(" in out
+    # every site points at a line whose original text contains the call's text's first line
+    src_lines = src.splitlines()
+    for site in sites.sites.values():
+        assert site["source"].splitlines()[0] in src_lines[site["line"] - 1]
+        assert src_lines[site["line"] - 1][site["col"] :].startswith(site["source"].splitlines()[0])
+
+
+def test_generator_argument_stays_a_generator():
+    out = rw("import torch\ntorch.stack(t for t in xs)\n")
+    assert "_tc_(1, torch.stack)(t for t in xs)" in out
+    compile(out, "t.py", "exec")
+
+
+def test_torchscript_functions_are_left_as_written():
+    out = rw(
+        """\
+        import torch
+        @torch.jit.script
+        def f(x):
+            return torch.relu(x)
+        torch.relu(y)
+        """
+    )
+    assert "return torch.relu(x)" in out
+    assert "_tc_(1, torch.relu)(y)" in out
+
+
+def test_rewrite_is_idempotent():
+    src = "import torch\nx = torch.ones(1)\n"
+    once = rewrite_source(src, "t.py")
+    assert rewrite_source(once, "t.py") == once
+
+
+def test_sites_are_numbered_across_files():
+    sites = SiteTable()
+    rewrite_source("import torch\ntorch.ones(1)\n", "a.py", sites=sites)
+    out = rewrite_source("import torch\ntorch.zeros(1)\n", "b.py", sites=sites)
+    assert "_tc_(2, torch.zeros)" in out
+    assert sites.to_json()["2"]["file"] == "b.py"
+
+
+def test_unparseable_source_names_file_and_line():
+    with pytest.raises(RewriteError, match=r"^bad\.py:2:"):
+        rewrite_source("x = 1\ndef (:\n", "bad.py")
+
+
+def test_relative_imports_are_user_code():
+    out = rw("from . import helper\nfrom .helper import f\nf(1)\nhelper.g(2)\n")
+    assert "_tc_(1, f)(1)" in out  # decided at run time: could be a re-exported torch function
+    compile(out, "t.py", "exec")
