@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 import time
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
@@ -154,9 +155,26 @@ def _classify(fn, t: type):
     return info
 
 
+def _compiling_before_torch() -> bool:
+    """Stands in for torch.compiler.is_compiling until torch is imported."""
+    global _compiling
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "compiler"):
+        return False
+    _compiling = torch.compiler.is_compiling
+    return _compiling()
+
+
+_compiling = _compiling_before_torch
+
+
 def hook(site: int, fn):
-    """What `_tc_(site, fn)` evaluates to."""
-    if _state is None:
+    """What `_tc_(site, fn)` evaluates to.
+
+    Under torch.compile, dynamo traces this function and folds `_compiling()` to True: the compiled graph sees the
+    plain call and nothing of the recorder.
+    """
+    if _state is None or _compiling():
         return fn
     try:
         found = lookup(fn)
@@ -293,7 +311,14 @@ def flush_all(close: bool = False) -> None:
 
 
 def after_fork_in_child() -> None:
-    """A forked child (DataLoader worker) starts its own files; the parent flushes what it had buffered."""
+    """A forked child (DataLoader worker) starts its own files; the parent flushes what it had buffered.
+
+    multiprocessing ends forked workers with os._exit, which skips atexit: its own exit hook flushes them.
+    """
     global _state
-    if _state is not None:
-        _state = _State(_state.trace_dir, _state.modules)
+    if _state is None:
+        return
+    _state = _State(_state.trace_dir, _state.modules)
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, flush_all, args=(True,), exitpriority=100)

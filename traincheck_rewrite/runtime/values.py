@@ -14,7 +14,7 @@ MAX_STR = 200
 
 _PRIMITIVES = (bool, int, float, str, type(None))
 _tensor_type = None
-_tensor_type_names: dict = {}
+_tensor_statics: dict = {}
 _type_names: dict = {}
 
 
@@ -34,32 +34,34 @@ def type_name(t: type) -> str:
 
 
 def _tensor(v) -> dict:
-    dtype = v.dtype
-    device = v.device
-    key = (dtype, device.type)
-    tname = _tensor_type_names.get(key)
-    if tname is None:
-        tname = _tensor_type_names[key] = v.type() if v.layout is _strided() else f"torch.{v.layout}"
+    key = (v.dtype, v.layout, v.is_cpu, v.get_device())
+    static = _tensor_statics.get(key)
+    if static is None:
+        static = _tensor_statics[key] = _tensor_static(v)
+    tname, dtype, device, itemsize, is_cpu = static
+    shape = list(v.shape)
     numel = v.numel()
-    itemsize = v.element_size()
     return {
         tname: {
-            "dtype": str(dtype),
-            "shape": list(v.shape),
-            "device": str(device),
+            "dtype": dtype,
+            "shape": shape,
+            "device": device,
             "requires_grad": v.requires_grad,
             "is_leaf": v.is_leaf,
-            "ndim": v.ndim,
+            "ndim": len(shape),
             "numel": numel,
             "itemsize": itemsize,
             "nbytes": numel * itemsize,
-            "is_cpu": device.type == "cpu",
+            "is_cpu": is_cpu,
         }
     }
 
 
-def _strided():
-    return sys.modules["torch"].strided
+def _tensor_static(v) -> tuple:
+    """What a (dtype, layout, device) fixes: type name, dtype and device strings, item size."""
+    strided = sys.modules["torch"].strided
+    tname = v.type() if v.layout is strided else f"torch.{v.layout}"
+    return (tname, str(v.dtype), str(v.device), v.element_size(), v.is_cpu)
 
 
 def _sequence(v) -> list:
