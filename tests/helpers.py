@@ -1,0 +1,67 @@
+"""Running the real tool and real scripts in subprocesses, and reading what they wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path | None = None
+
+    @property
+    def program_stderr(self) -> str:
+        """stderr without tc-rewrite's own lines."""
+        return "".join(line for line in self.stderr.splitlines(keepends=True) if not line.startswith("tc-rewrite:"))
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TC_REWRITE_")}
+    env.update(extra or {})
+    return env
+
+
+def run_plain(cmd: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 120) -> Result:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=_env(env_extra), timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_tc(args: list[str], out_dir: Path, cwd: Path | None = None, timeout: float = 300) -> Result:
+    """`python -m traincheck_rewrite ARGS --output-dir OUT_DIR`; finds the run folder it made."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    before = set(out_dir.iterdir())
+    cmd = [sys.executable, "-m", "traincheck_rewrite", *args, "--output-dir", str(out_dir)]
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=_env(), timeout=timeout)
+    made = [p for p in set(out_dir.iterdir()) - before if p.name.startswith("traincheck_run_")]
+    return Result(proc.returncode, proc.stdout, proc.stderr, made[0] if len(made) == 1 else None)
+
+
+def sites(run_dir: Path) -> dict[str, dict]:
+    return json.loads((run_dir / "sites.json").read_text())
+
+
+def api_records(run_dir: Path) -> list[dict]:
+    from traincheck_rewrite.trace import read_records
+
+    return [r for r in read_records(run_dir) if r["type"].startswith("function_call")]
+
+
+def site_lines(run_dir: Path) -> set[tuple[str, int]]:
+    """(file, line) of every site that has a logged call."""
+    table = sites(run_dir)
+    return {
+        (table[str(r["site"])]["file"], table[str(r["site"])]["line"])
+        for r in api_records(run_dir)
+        if r.get("site") is not None
+    }

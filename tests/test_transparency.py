@@ -1,0 +1,63 @@
+"""Each script of tests/transparency/ run plainly and under tc-rewrite: same stdout, same exit code, same traceback
+frames (file name, line number, function) and exception line, and calls logged from the script's own lines."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import run_plain, run_tc, site_lines
+
+HERE = Path(__file__).parent / "transparency"
+SCRIPTS = sorted(HERE.glob("t_*.py"))
+FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (.+)$')
+
+
+def expected_exit(script: Path) -> int:
+    first = script.read_text(encoding="utf-8").splitlines()[0]
+    m = re.match(r"#\s*expect-exit:\s*(\d+)", first)
+    return int(m.group(1)) if m else 0
+
+
+def traceback_shape(stderr: str) -> list[str]:
+    """Frames as (basename, line, function) plus the exception line; source text and carets are left out."""
+    shape = []
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines):
+        m = FRAME.match(line)
+        if m:
+            shape.append(f"{Path(m.group(1)).name}:{m.group(2)}:{m.group(3)}")
+        elif line.startswith("Traceback") or (i == len(lines) - 1 and re.match(r"^\w[\w.]*(Error|Exception|Exit|Interrupt)\b", line)):
+            shape.append(line)
+    return shape
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_script_behaves_the_same(script: Path, tmp_path: Path):
+    plain = run_plain([sys.executable, script.name], cwd=script.parent)
+    traced = run_tc(["--pyscript", str(script)], tmp_path, cwd=script.parent)
+    assert plain.returncode == expected_exit(script), plain.stderr
+    assert traced.returncode == plain.returncode, traced.stderr
+    assert traced.stdout == plain.stdout
+    assert traceback_shape(traced.program_stderr) == traceback_shape(plain.stderr)
+
+
+def test_relative_import_package_behaves_the_same(tmp_path: Path):
+    pkg = HERE / "pkg_rel"
+    if not pkg.is_dir():
+        pytest.skip("no pkg_rel package")
+    plain = run_plain([sys.executable, "-m", "pkg_rel.main"], cwd=HERE)
+    # The package is instrumented as a copied tree and imported by module name from the run folder.
+    traced = run_tc(["--pyscript", str(pkg / "main.py"), "--copy-all-files", "--only-instr"], tmp_path, cwd=HERE)
+    assert traced.returncode == 0, traced.stderr
+    run_dir = traced.run_dir
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "pkg_rel").symlink_to(run_dir, target_is_directory=True)
+    again = run_plain([sys.executable, "-m", "pkg_rel.main"], cwd=staged, env_extra={"TC_REWRITE_RUN_DIR": str(run_dir)})
+    assert again.returncode == plain.returncode == expected_exit(pkg / "main.py"), again.stderr
+    assert again.stdout == plain.stdout
+    assert site_lines(run_dir), "no call was logged from the package"

@@ -1,0 +1,190 @@
+"""`tc-rewrite`: collect a trace (the default command), or work with run folders (`trace ...`, `cache ...`).
+
+The first argument picks the command: `trace` and `cache` start those groups; anything else is collection.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+COLLECT_HELP = """Instrument a PyTorch training script, run it and write its trace into a new run folder.
+
+\b
+  tc-rewrite CONFIG.yml [FLAGS] [-- SCRIPT ARGS...]
+  tc-rewrite --use-config --config CONFIG.yml [FLAGS]
+  tc-rewrite --pyscript train.py [FLAGS] [-- SCRIPT ARGS...]
+
+Config keys are the flag names with '_' for '-'. Flags given on the command line override the config file;
+arguments after '--' are appended to the config's 'args'. Other commands: 'tc-rewrite trace --help',
+'tc-rewrite cache --help'.
+"""
+
+
+class _OneLineError(Exception):
+    pass
+
+
+def _opt(*decls, **kw):
+    kw.setdefault("default", None)
+    return click.option(*decls, **kw)
+
+
+@click.command(help=COLLECT_HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("config_file", required=False, metavar="[CONFIG.yml]")
+@_opt("--use-config", is_flag=True, help="Read --config (TrainCheck's form).")
+@_opt("--config", "config_opt", metavar="FILE", help="Config file (with --use-config).")
+@_opt("-p", "--pyscript", metavar="FILE", help="The training script to instrument.")
+@_opt("-s", "--shscript", metavar="FILE", help="A shell launcher (torchrun ...) that runs the pyscript.")
+@_opt("-t", "--modules-to-instr", multiple=True, metavar="MODULE", help="Modules whose APIs are logged [torch].")
+@_opt("--models-to-track", multiple=True, metavar="NAME", help="Variables holding models to track.")
+@_opt("--model-tracker-style", type=click.Choice(["proxy", "subclass", "sampler"]), help="[proxy]")
+@_opt("-a", "--copy-all-files", is_flag=True, help="Copy and instrument the script's whole folder.")
+@_opt("--output-dir", metavar="DIR", help="Where the run folder is made [current directory].")
+@_opt("--only-instr", is_flag=True, help="Write the run folder without running (does not import torch).")
+@_opt("-i", "--invariants", multiple=True, metavar="FILE", help="TrainCheck invariant files (selective collection).")
+@_opt("--sampling-interval", type=int, help="Record every N-th step after the warm-up.")
+@_opt("--warm-up-steps", type=int, help="Record the first N steps in full.")
+@_opt("--tensor-dump-format", type=click.Choice(["hash", "stats", "full"]), help="[hash]")
+@_opt("--API-dump-stack-trace", "API_dump_stack_trace", is_flag=True, help="Record a stack trace per call.")
+@_opt("--use-full-instr", is_flag=True, help="Accepted for TrainCheck compatibility.")
+@_opt("-d", "--debug-mode", is_flag=True, help="Verbose tool output.")
+@_opt("--rewrite-libraries", multiple=True, metavar="MODULE", help="Library modules rewritten at import.")
+@_opt("--meta-var", "meta_var", multiple=True, metavar="KEY=VALUE", help="A static meta variable (repeatable).")
+@_opt("--summary", is_flag=True, help="Print the trace summary after the run.")
+@click.version_option(__version__, prog_name="tc-rewrite")
+def collect_command(config_file, use_config, config_opt, summary, meta_var, **flags):
+    from .config import ConfigError, load_config
+
+    if config_file and config_opt:
+        raise _OneLineError("give the config file either as an argument or with --config, not both")
+    if use_config and not config_opt:
+        raise _OneLineError("--use-config needs --config FILE")
+    config_path = config_file or config_opt
+    overrides = {}
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        overrides[key] = list(value) if isinstance(value, tuple) else value
+    if meta_var:
+        overrides["meta_vars"] = dict(_key_value(item) for item in meta_var)
+    script_args = click.get_current_context().meta.get("script_args")
+    if script_args:
+        overrides["args"] = list(script_args)
+    if config_path is None and "pyscript" not in overrides:
+        raise _OneLineError("no config file and no --pyscript; see 'tc-rewrite --help'")
+    try:
+        config = load_config(Path(config_path) if config_path else None, overrides)
+    except ConfigError as exc:
+        raise _OneLineError(str(exc)) from None
+    for note in config.notes:
+        click.echo(f"tc-rewrite: note: {note}", err=True)
+    from .run import collect
+
+    sys.exit(collect(config, summary=bool(summary)))
+
+
+def _key_value(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise _OneLineError(f"--meta-var {item!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def trace_group():
+    """Read run folders: summaries and exports."""
+
+
+@trace_group.command("summary")
+@click.argument("run_dir")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
+def trace_summary(run_dir, as_json):
+    """Counts of calls, functions, state changes, processes, steps and stages of RUN_DIR."""
+    from .trace.summary import format_summary, summarize
+
+    folder = _run_dir(run_dir)
+    data = summarize(folder)
+    click.echo(json.dumps(data, sort_keys=True) if as_json else format_summary(data))
+
+
+@trace_group.command("export")
+@click.argument("run_dir")
+@click.option("--to", "to_dir", required=True, help="Folder to write.")
+@click.option("--format", "fmt", type=click.Choice(["traincheck"]), default="traincheck", show_default=True)
+def trace_export(run_dir, to_dir, fmt):
+    """Write RUN_DIR's trace in a form another tool reads as it is."""
+    try:
+        from .trace.export import export_run
+    except ImportError:
+        raise _OneLineError("'trace export' is not available yet") from None
+    export_run(_run_dir(run_dir), Path(to_dir), fmt)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cache_group():
+    """The cache of rewritten library modules."""
+
+
+@cache_group.command("info")
+def cache_info():
+    """Where the cache is and what it holds."""
+    raise _OneLineError("'cache' is not available yet: library rewriting has not landed")
+
+
+@cache_group.command("clear")
+def cache_clear():
+    """Empty the cache."""
+    raise _OneLineError("'cache' is not available yet: library rewriting has not landed")
+
+
+def _run_dir(path: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise _OneLineError(f"{path}: no such run folder")
+    if not (folder / "traces").is_dir() and not any(folder.glob("trace_*")):
+        raise _OneLineError(f"{path}: not a run folder (no traces/ inside)")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "trace":
+        command, argv, prog = trace_group, argv[1:], "tc-rewrite trace"
+        meta = {}
+    elif argv and argv[0] == "cache":
+        command, argv, prog = cache_group, argv[1:], "tc-rewrite cache"
+        meta = {}
+    else:
+        command, prog = collect_command, "tc-rewrite"
+        meta = {}
+        if "--" in argv:
+            i = argv.index("--")
+            argv, meta = argv[:i], {"script_args": argv[i + 1 :]}
+    try:
+        with command.make_context(prog, argv) as ctx:
+            ctx.meta.update(meta)
+            command.invoke(ctx)
+    except _OneLineError as exc:
+        _die(str(exc))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _die("aborted", 130)
+    except click.UsageError as exc:
+        _die(" ".join(exc.format_message().split()))
+    except click.ClickException as exc:
+        _die(" ".join(exc.format_message().split()), exc.exit_code)
+
+
+def _die(message: str, code: int = 2) -> None:
+    click.echo(f"tc-rewrite: error: {message}", err=True)
+    sys.exit(code)

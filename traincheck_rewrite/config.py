@@ -1,0 +1,220 @@
+"""The run configuration: TrainCheck's collector keys (flag names with `_`), plus ours; validated before anything runs.
+
+Every problem is a ConfigError with one line that names the file and the key (or the YAML line).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRACKER_STYLES = ("proxy", "subclass", "sampler")
+TENSOR_FORMATS = ("hash", "stats", "full")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Config:
+    pyscript: Path | None = None
+    shscript: Path | None = None
+    modules_to_instr: tuple[str, ...] = ("torch",)
+    models_to_track: tuple[str, ...] = ()
+    model_tracker_style: str = "proxy"
+    copy_all_files: bool = False
+    output_dir: Path | None = None
+    only_instr: bool = False
+    invariants: tuple[Path, ...] = ()
+    sampling_interval: int | None = None
+    warm_up_steps: int | None = None
+    tensor_dump_format: str = "hash"
+    API_dump_stack_trace: bool = False
+    use_full_instr: bool = False
+    debug_mode: bool = False
+    args: tuple[str, ...] = ()
+    meta_vars: dict = field(default_factory=dict)
+    meta_from: dict = field(default_factory=dict)
+    rewrite_libraries: tuple[str, ...] = ()
+    config_path: Path | None = None
+    notes: tuple[str, ...] = ()
+
+
+KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
+_PATH_KEYS = {"pyscript", "shscript", "output_dir"}
+_BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode"}
+_STR_LIST_KEYS = {"modules_to_instr", "models_to_track", "rewrite_libraries"}
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    ) if value is not None else "null"
+
+
+class _Validator:
+    def __init__(self, where: str, base: Path) -> None:
+        self.where = where  # "config.yaml" or "command line"
+        self.base = base  # what relative paths are relative to
+        self.notes: list[str] = []
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {key}: {problem}")
+
+    def value(self, key: str, raw: Any) -> Any:
+        if key in _BOOL_KEYS:
+            if not isinstance(raw, bool):
+                raise self.fail(key, f"expected true or false, got {_type_name(raw)} {raw!r}")
+            return raw
+        if key in _PATH_KEYS:
+            if not isinstance(raw, str) or not raw.strip():
+                raise self.fail(key, f"expected a path, got {_type_name(raw)} {raw!r}")
+            return (self.base / Path(raw).expanduser()).resolve()
+        if key in _STR_LIST_KEYS:
+            items = self._str_list(key, raw)
+            for item in items:
+                if not _DOTTED.match(item):
+                    raise self.fail(key, f"{item!r} is not a dotted Python name")
+            return tuple(items)
+        if key == "invariants":
+            return tuple((self.base / Path(p).expanduser()).resolve() for p in self._str_list(key, raw))
+        if key == "args":
+            if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+                raise self.fail(key, "expected a list of arguments, e.g. [--epochs, '3']")
+            if not isinstance(raw, list) or any(isinstance(a, (list, dict)) or a is None for a in raw):
+                raise self.fail(key, f"expected a list of strings, got {_type_name(raw)}")
+            return tuple(str(a).lower() if isinstance(a, bool) else str(a) for a in raw)
+        if key in ("sampling_interval", "warm_up_steps"):
+            if raw is None:
+                return None
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise self.fail(key, f"expected an integer, got {_type_name(raw)} {raw!r}")
+            low = 1 if key == "sampling_interval" else 0
+            if raw < low:
+                raise self.fail(key, f"must be at least {low}, got {raw}")
+            return raw
+        if key in ("model_tracker_style", "tensor_dump_format"):
+            allowed = TRACKER_STYLES if key == "model_tracker_style" else TENSOR_FORMATS
+            if raw not in allowed:
+                raise self.fail(key, f"expected one of {', '.join(allowed)}, got {raw!r}")
+            return raw
+        if key == "meta_vars":
+            mapping = self._mapping(key, raw)
+            for k, v in mapping.items():
+                if not isinstance(v, (str, int, float, bool)) and v is not None:
+                    raise self.fail(key, f"value of {k!r} must be a string, number or boolean, got {_type_name(v)}")
+            return mapping
+        if key == "meta_from":
+            mapping = self._mapping(key, raw)
+            for k, v in mapping.items():
+                if not isinstance(v, str) or not _DOTTED.match(v):
+                    raise self.fail(key, f"value of {k!r} must name a variable of the script, got {v!r}")
+            return mapping
+        raise AssertionError(key)
+
+    def _str_list(self, key: str, raw: Any) -> list[str]:
+        if isinstance(raw, str):
+            self.notes.append(f"{self.where}: {key}: a single name was given where a list belongs; using [{raw}]")
+            return [raw]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise self.fail(key, f"expected a list of strings, got {_type_name(raw)} {raw!r}")
+        return list(raw)
+
+    def _mapping(self, key: str, raw: Any) -> dict:
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"expected a mapping, got {_type_name(raw)} {raw!r}")
+        for k in raw:
+            if not isinstance(k, str) or not _IDENT.match(k):
+                raise self.fail(key, f"{k!r} is not a valid name (letters, digits, _)")
+        return dict(raw)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: YAML error{line}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML error: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty; it needs at least 'pyscript: train.py'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys (pyscript: ..., ...), got {_type_name(data)}")
+    return data
+
+
+def _check_keys(data: dict, where: str) -> None:
+    for key in data:
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; valid keys: {', '.join(KEYS)}"
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+def load_config(config_path: Path | None, overrides: dict[str, Any]) -> Config:
+    """Read `config_path` (if any), apply `overrides` (command-line flags, which win), validate everything."""
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+    if config_path is not None:
+        config_path = Path(config_path).expanduser().resolve()
+        data = _read_yaml(config_path)
+        _check_keys(data, str(config_path))
+        validator = _Validator(str(config_path), config_path.parent)
+        values.update({k: validator.value(k, v) for k, v in data.items()})
+        notes += validator.notes
+    _check_keys(overrides, "command line")
+    cli = _Validator("command line", Path.cwd())
+    for key, raw in overrides.items():
+        if key == "args" and "args" in values:
+            values["args"] = values["args"] + cli.value(key, raw) if raw else values["args"]
+        elif key == "meta_vars" and "meta_vars" in values:
+            values["meta_vars"] = {**values["meta_vars"], **cli.value(key, raw)}
+        else:
+            values[key] = cli.value(key, raw)
+    notes += cli.notes
+    config = Config(**values, config_path=config_path, notes=tuple(notes))
+    _check_files(config)
+    return config
+
+
+def _check_files(config: Config) -> None:
+    if config.pyscript is None:
+        if config.shscript is not None:
+            raise ConfigError("pyscript: required with shscript, to know which file to instrument")
+        raise ConfigError("pyscript: no script given (set 'pyscript' in the config or pass --pyscript)")
+    _check_file("pyscript", config.pyscript)
+    if config.pyscript.suffix != ".py":
+        raise ConfigError(f"pyscript: {config.pyscript} is not a .py file")
+    if config.shscript is not None:
+        _check_file("shscript", config.shscript)
+    for path in config.invariants:
+        _check_file("invariants", path)
+    if config.output_dir is not None and config.output_dir.exists() and not config.output_dir.is_dir():
+        raise ConfigError(f"output_dir: {config.output_dir} exists and is not a folder")
+
+
+def _check_file(key: str, path: Path) -> None:
+    if not path.exists():
+        raise ConfigError(f"{key}: file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{key}: not a file: {path}")

@@ -1,0 +1,324 @@
+"""collect(): make the run folder, write the instrumented sources, run them, stream their output, record the run.
+
+The child runs in the directory `tc-rewrite` was started from, as `python train.py` would; with `copy_all_files`
+paths relative to the script's own file (`Path(__file__).parent / "data"`) resolve inside the copied tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import difflib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+from .rewrite import RewriteError, SiteTable, rewrite_source
+from .shscript import replace_script_words
+from .trace.reader import decompressed_chunks
+
+RESERVED = ("run.json", "sites.json", "instrumentation.diff", "program_output.txt", "traces")
+_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", "node_modules"}
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+class RunError(Exception):
+    """A problem with the run set-up; one line."""
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"tc-rewrite: {message}\n")
+    sys.stderr.flush()
+
+
+def _distribution_version(module: str) -> str:
+    top = module.split(".")[0]
+    for dist in importlib.metadata.packages_distributions().get(top, [top]):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _run_folder(config: Config, versions: dict[str, str]) -> Path:
+    """A new folder named like TrainCheck's: traincheck_run_<script>_<module>_<version>..._<timestamp>."""
+    parts = [Path(config.pyscript).stem]
+    for module in config.modules_to_instr:
+        parts += [module, versions.get(module, "unknown")]
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    base = Path(config.output_dir or os.getcwd()) / ("traincheck_run_" + "_".join(parts) + "_" + stamp)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        candidate = base if n == 0 else base.with_name(f"{base.name}_{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunError(f"cannot create a new run folder next to {base}")
+
+
+def _is_venv(path: Path) -> bool:
+    return (path / "pyvenv.cfg").exists()
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.name.startswith("traincheck_run_") or ((path / "run.json").is_file() and (path / "traces").is_dir())
+
+
+def _tree_files(root: Path, run_dir: Path) -> list[Path]:
+    """Files of `root` to copy: no VCS/venv/cache folders, no run folders, no linked folders, no file links that
+    leave the tree."""
+    root_resolved = root.resolve()
+    run_resolved = run_dir.resolve()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            p = here / d
+            real = p.resolve()
+            if d in _SKIP_DIRS or p.is_symlink() or _is_venv(p) or _is_run_folder(p) or real == run_resolved:
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            p = here / f
+            if p.is_symlink() and not p.resolve().is_relative_to(root_resolved):
+                continue
+            if not p.is_file():
+                continue
+            out.append(p)
+    return out
+
+
+def _plan_files(config: Config, run_dir: Path) -> list[tuple[Path, Path]]:
+    script = Path(config.pyscript)
+    if not config.copy_all_files:
+        return [(script, run_dir / script.name)]
+    root = script.parent
+    pairs = [(p, run_dir / p.relative_to(root)) for p in _tree_files(root, run_dir)]
+    for src, dst in pairs:
+        top = dst.relative_to(run_dir).parts[0]
+        if top in RESERVED:
+            raise RunError(f"copy_all_files: {src} would overwrite the run folder's own '{top}'; rename it")
+    return pairs
+
+
+def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dict]]:
+    """Copy and rewrite the sources into `run_dir`; write instrumentation.diff and sites.json."""
+    sites = SiteTable()
+    script = Path(config.pyscript).resolve()
+    root = script.parent
+    report: list[dict] = []
+    diffs: list[str] = []
+    modules = tuple(config.modules_to_instr)
+    for src, dst in _plan_files(config, run_dir):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        rel = src.resolve().relative_to(root).as_posix() if src.resolve().is_relative_to(root) else src.name
+        if src.suffix != ".py":
+            shutil.copy2(src, dst)
+            continue
+        original = src.read_bytes()
+        try:
+            before = len(sites.sites)
+            rewritten = rewrite_source(original, rel, modules=modules, sites=sites)
+        except RewriteError as exc:
+            if src.resolve() == script:
+                raise
+            _say(f"note: {exc}; copied unchanged")
+            shutil.copy2(src, dst)
+            report.append({"file": rel, "wrapped_calls": 0, "error": str(exc)})
+            continue
+        dst.write_bytes(rewritten)
+        shutil.copymode(src, dst)
+        report.append({"file": rel, "wrapped_calls": len(sites.sites) - before})
+        diffs.extend(_diff(original, rewritten, rel))
+    (run_dir / "instrumentation.diff").write_text("".join(diffs), encoding="utf-8")
+    (run_dir / "sites.json").write_text(json.dumps(sites.to_json(), indent=0), encoding="utf-8")
+    return sites, report
+
+
+def _diff(original: bytes, rewritten: bytes, rel: str) -> list[str]:
+    a = original.decode("utf-8", "replace").splitlines(keepends=True)
+    b = rewritten.decode("utf-8", "replace").splitlines(keepends=True)
+    return list(difflib.unified_diff(a, b, f"a/{rel}", f"b/{rel}", n=0))
+
+
+def _config_json(config: Config) -> dict:
+    out = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, (tuple, list)):
+            v = [str(x) if isinstance(x, Path) else x for x in v]
+        elif isinstance(v, dict):
+            v = dict(v)
+        out[f.name] = v
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _command(config: Config, run_dir: Path) -> list[str]:
+    script = run_dir / Path(config.pyscript).name
+    if config.shscript is None:
+        return [sys.executable, str(script), *config.args]
+    sh = Path(config.shscript)
+    text = sh.read_text(encoding="utf-8")
+    replaced, count = replace_script_words(text, Path(config.pyscript), script, (sh.parent, Path.cwd()))
+    if count == 0:
+        raise RunError(f"shscript {sh}: no word names the pyscript {Path(config.pyscript).name}; nothing would be traced")
+    launcher = run_dir / f"launch_{sh.name}"
+    launcher.write_text(replaced, encoding="utf-8")
+    return ["bash", str(launcher), *config.args]
+
+
+def _environment(config: Config, run_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(Path(config.pyscript).resolve().parent)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    paths.append(PACKAGE_PARENT)
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["TC_REWRITE_RUN_DIR"] = str(run_dir)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class _Tee:
+    """Copies one of the child's streams to ours and, interleaved with the other, to program_output.txt."""
+
+    def __init__(self, source, sink, log, lock) -> None:
+        self.thread = threading.Thread(target=self._pump, args=(source, sink, log, lock), daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _pump(source, sink, log, lock) -> None:
+        fd = source.fileno()
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            with lock:
+                log.write(chunk)
+                log.flush()
+            try:
+                sink.write(chunk)
+                sink.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _launch(command: list[str], env: dict[str, str], run_dir: Path) -> int:
+    lock = threading.Lock()
+    with open(run_dir / "program_output.txt", "wb") as log:
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+
+        def forward(signum, frame):
+            try:
+                os.killpg(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            tees = [
+                _Tee(child.stdout, sys.stdout.buffer, log, lock),
+                _Tee(child.stderr, sys.stderr.buffer, log, lock),
+            ]
+            code = child.wait()
+            for t in tees:
+                t.thread.join()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    return 128 - code if code < 0 else code
+
+
+def count_records(trace_dir: Path) -> dict:
+    """Lines per kind across the trace files, and how many files end in a torn frame."""
+    counts = {"api": 0, "state": 0, "files": 0, "truncated_files": 0}
+    if not trace_dir.is_dir():
+        return counts
+    for path in sorted(trace_dir.glob("trace_*.log.zst")):
+        counts["files"] += 1
+        lines = 0
+        for data in decompressed_chunks(path):
+            if data is None:
+                counts["truncated_files"] += 1
+                break
+            lines += data.count(b"\n")
+        counts["state" if path.name.startswith("trace_VAR_") else "api"] += lines
+    return counts
+
+
+def collect(config: Config, *, summary: bool = False) -> int:
+    versions = {m: _distribution_version(m) for m in config.modules_to_instr}
+    try:
+        run_dir = _run_folder(config, versions)
+    except OSError as exc:
+        _say(f"error: cannot create the run folder in {config.output_dir}: {exc.strerror}")
+        return 2
+    try:
+        _, files = instrument_files(config, run_dir)
+        command = _command(config, run_dir)
+    except (RewriteError, RunError, OSError, UnicodeDecodeError) as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        _say(f"error: {exc}")
+        return 2
+    info = {
+        "tool": {"name": "traincheck_rewrite", "version": __version__},
+        "status": "instrumented" if config.only_instr else "running",
+        "config": _config_json(config),
+        "versions": {"python": platform.python_version(), **versions},
+        "command": command,
+        "cwd": os.getcwd(),
+        "source_root": str(Path(config.pyscript).resolve().parent),
+        "files": files,
+        "runtime": {"modules": list(config.modules_to_instr)},
+    }
+    _write_json(run_dir / "run.json", info)
+    _say(f"run folder: {run_dir}")
+    if config.only_instr:
+        return 0
+    (run_dir / "traces").mkdir(exist_ok=True)
+    started = time.time()
+    info["started"] = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
+    _write_json(run_dir / "run.json", info)
+    try:
+        code = _launch(command, _environment(config, run_dir), run_dir)
+    except OSError as exc:
+        _say(f"error: cannot start {command[0]}: {exc.strerror}")
+        code = 127
+    ended = time.time()
+    info.update(
+        status="finished",
+        ended=_dt.datetime.fromtimestamp(ended).isoformat(timespec="seconds"),
+        duration_s=round(ended - started, 3),
+        exit_code=code,
+        records=count_records(run_dir / "traces"),
+    )
+    _write_json(run_dir / "run.json", info)
+    if summary:
+        from .trace.summary import format_summary, summarize
+
+        _say("trace summary:\n" + format_summary(summarize(run_dir)))
+    _say(f"run folder: {run_dir} (exit code {code})")
+    return code
