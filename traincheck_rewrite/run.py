@@ -26,6 +26,7 @@ from .config import Config
 from .rewrite import RewriteError, SiteTable, rewrite_source
 from .shscript import replace_script_words
 from .trace.reader import decompressed_chunks
+from .trace.recover import seal
 
 RESERVED = ("run.json", "sites.json", "instrumentation.diff", "program_output.txt", "traces")
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", "node_modules"}
@@ -308,12 +309,13 @@ def collect(config: Config, *, summary: bool = False) -> int:
         _say(f"error: cannot start {command[0]}: {exc.strerror}")
         code = 127
     ended = time.time()
+    recovered = seal(run_dir)
     info.update(
         status="finished",
         ended=_dt.datetime.fromtimestamp(ended).isoformat(timespec="seconds"),
         duration_s=round(ended - started, 3),
         exit_code=code,
-        records=count_records(run_dir / "traces"),
+        records={**count_records(run_dir / "traces"), **recovered},
     )
     _write_json(run_dir / "run.json", info)
     if summary:

@@ -192,7 +192,7 @@ def _thread():
         return local.writer, local.stack, local.tid
     except AttributeError:
         tid = threading.get_ident()
-        writer = TraceWriter(os.path.join(_state.trace_dir, f"trace_API_{_state.pid}_{tid}.log.zst"))
+        writer = TraceWriter(_state.trace_dir, "API", _state.pid, tid)
         with _state.lock:
             _state.writers.append(writer)
         local.writer, local.stack, local.tid, local.last_time = writer, [], tid, 0
@@ -316,9 +316,17 @@ def after_fork_in_child() -> None:
     multiprocessing ends forked workers with os._exit, which skips atexit: its own exit hook flushes them.
     """
     global _state
-    if _state is None:
+    parent = _state
+    if parent is None:
         return
-    _state = _State(_state.trace_dir, _state.modules)
+    for writer in parent.writers:
+        writer.abandon()
+    _state = _State(parent.trace_dir, parent.modules)
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
-        mp_util.Finalize(None, flush_all, args=(True,), exitpriority=100)
+        # A multiprocessing child clears its finalizers, then runs its after-fork callbacks: register from there.
+        mp_util.register_after_fork(_state, _register_exit_flush)
+
+
+def _register_exit_flush(_state_in_child) -> None:
+    sys.modules["multiprocessing.util"].Finalize(None, flush_all, args=(True,), exitpriority=100)

@@ -27,11 +27,32 @@ class ReadStats:
 
 def trace_files(run_dir: str | Path, kinds: tuple[str, ...] = ("API", "VAR")) -> list[Path]:
     """The trace files of a run folder, its traces/ folder, or a folder of decompressed TrainCheck traces."""
-    folder = Path(run_dir)
-    if (folder / "traces").is_dir():
-        folder = folder / "traces"
+    folder = trace_folder(run_dir)
     prefixes = tuple(f"trace_{k}_" for k in kinds)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(prefixes))
+
+
+def trace_folder(run_dir: str | Path) -> Path:
+    folder = Path(run_dir)
+    return folder / "traces" if (folder / "traces").is_dir() else folder
+
+
+def spill_records(path: Path, after_time: int | None) -> list[bytes]:
+    """Lines of a writer's spill file (left by a killed process) not yet in its trace file: those after the last
+    time the trace file holds (times are strictly increasing per thread)."""
+    data = path.read_bytes()
+    end = data.find(b"\0")
+    data = data[: end if end >= 0 else len(data)]
+    lines = data.split(b"\n")
+    lines.pop()  # empty after the last newline, or a record cut mid-write
+    if after_time is None:
+        return lines
+    return [line for line in lines if orjson.loads(line).get("time", 0) > after_time]
+
+
+def _spill_for(trace: Path) -> Path:
+    # trace_API_<pid>_<tid>.log.zst -> spill_API_<pid>_<tid>.jsonl
+    return trace.with_name("spill_" + trace.name[len("trace_") : -len(".log.zst")] + ".jsonl")
 
 
 def decompressed_chunks(path: Path, chunk_size: int = CHUNK) -> Iterator[bytes | None]:
@@ -91,9 +112,22 @@ def read_records(
 ) -> Iterator[dict]:
     """Yield every record of every trace file, file by file (sorted by name), in file order."""
     stats = stats if stats is not None else ReadStats()
-    for path in trace_files(run_dir, kinds):
+    files = trace_files(run_dir, kinds)
+    # A process killed before its first flush has a spill file and no trace file yet.
+    folder = trace_folder(run_dir)
+    orphans = [
+        p for k in kinds for p in sorted(folder.glob(f"spill_{k}_*.jsonl"))
+        if not (folder / ("trace_" + p.name[len("spill_") : -len(".jsonl")] + ".log.zst")).exists()
+    ]
+    for path in files + orphans:
         stats.files += 1
-        lines = _lines_of_zst(path, stats, chunk_size) if path.suffix == ".zst" else _lines_of_plain(path, chunk_size)
+        last_time = None
+        if path.name.startswith("spill_"):
+            lines = iter(spill_records(path, None))
+        elif path.suffix == ".zst":
+            lines = _lines_of_zst(path, stats, chunk_size)
+        else:
+            lines = _lines_of_plain(path, chunk_size)
         for line in lines:
             if not line.strip():
                 continue
@@ -103,4 +137,10 @@ def read_records(
                 stats.bad_lines += 1
                 continue
             stats.records += 1
+            last_time = record.get("time", last_time)
             yield record
+        spill = _spill_for(path) if path.suffix == ".zst" else None
+        if spill is not None and spill.exists():
+            for line in spill_records(spill, last_time):
+                stats.records += 1
+                yield orjson.loads(line)
