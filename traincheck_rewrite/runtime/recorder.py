@@ -103,17 +103,34 @@ def _method(cls: type, name: str):
     return info
 
 
+_local_paths: dict = {}
+
+
+def _function_path(fn) -> str:
+    """module.qualname, or, for a closure made by a decorator (`F.max_pool2d`), the module attribute it is."""
+    qualname = fn.__qualname__
+    if "<locals>" not in qualname:
+        return f"{fn.__module__}.{qualname}"
+    key = (fn.__module__, fn.__name__, qualname)
+    path = _local_paths.get(key)
+    if path is None:
+        module = sys.modules.get(fn.__module__)
+        exported = module is not None and getattr(module, fn.__name__, None) is fn
+        path = _local_paths[key] = f"{fn.__module__}.{fn.__name__ if exported else qualname}"
+    return path
+
+
 def lookup(fn):
     """(info, self) when `fn` is an instrumented API, else None."""
     t = type(fn)
     if t is FunctionType:
         if _instrumented(fn.__module__):
-            return _info(f"{fn.__module__}.{fn.__qualname__}", False), None
+            return _info(_function_path(fn), False), None
         return None
     if t is MethodType:
         func = fn.__func__
         if _instrumented(getattr(func, "__module__", None)):
-            return _info(f"{func.__module__}.{func.__qualname__}", True), fn.__self__
+            return _info(_function_path(func), True), fn.__self__
         return None
     if t is BuiltinFunctionType:  # also bound C methods
         owner = fn.__self__
