@@ -213,3 +213,9 @@ def test_relative_imports_are_user_code():
     out = rw("from . import helper\nfrom .helper import f\nf(1)\nhelper.g(2)\n")
     assert "_tc_(1, f)(1)" in out  # decided at run time: could be a re-exported torch function
     compile(out, "t.py", "exec")
+
+
+def test_self_documenting_fstring_expression_keeps_its_text():
+    out = rw('import torch\nprint(f"{torch.max(x).item()=} {torch.min(x)}")\n')
+    assert "{torch.max(x).item()=}" in out
+    assert "{_tc_(" in out  # the other expression is still wrapped

@@ -17,9 +17,12 @@ FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (.+)$')
 
 
 def expected_exit(script: Path) -> int:
-    first = script.read_text(encoding="utf-8").splitlines()[0]
-    m = re.match(r"#\s*expect-exit:\s*(\d+)", first)
-    return int(m.group(1)) if m else 0
+    """From the `# expect-exit: N` marker in the first lines (0 when there is none)."""
+    for line in script.read_text(encoding="utf-8").splitlines()[:5]:
+        m = re.match(r"#\s*expect-exit:\s*(\d+)", line)
+        if m:
+            return int(m.group(1))
+    return 0
 
 
 def traceback_shape(stderr: str) -> list[str]:

@@ -63,29 +63,39 @@ class CallWrapper(cst.CSTTransformer):
         self.facts = facts
         self.spans = spans
         self.hook = hook
-        self.torchscript_depth = 0
+        self.frozen_depth = 0
         self.visited = 0
         self.order: dict[int, int] = {}  # id(original Call) -> index into spans
         self.wrapped: list[Span] = []  # in site order
         self.mismatch = False
 
-    # TorchScript compiles these bodies from their source text: leave them as written.
+    # Code whose text is observable stays as written: TorchScript compiles these bodies from their source, and
+    # f"{expr=}" prints the expression's text.
+    def visit_FormattedStringExpression(self, node: cst.FormattedStringExpression) -> None:
+        if node.equal is not None:
+            self.frozen_depth += 1
+
+    def leave_FormattedStringExpression(self, original_node, updated_node):
+        if original_node.equal is not None:
+            self.frozen_depth -= 1
+        return updated_node
+
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         if _is_torchscript_decorated(node.decorators):
-            self.torchscript_depth += 1
+            self.frozen_depth += 1
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
         if _is_torchscript_decorated(original_node.decorators):
-            self.torchscript_depth -= 1
+            self.frozen_depth -= 1
         return updated_node
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         if _is_torchscript_decorated(node.decorators):
-            self.torchscript_depth += 1
+            self.frozen_depth += 1
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         if _is_torchscript_decorated(original_node.decorators):
-            self.torchscript_depth -= 1
+            self.frozen_depth -= 1
         return updated_node
 
     def _may_be_api(self, callee: cst.BaseExpression) -> bool:
@@ -106,7 +116,7 @@ class CallWrapper(cst.CSTTransformer):
         self.visited += 1
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
-        if self.torchscript_depth or not self._may_be_api(original_node.func):
+        if self.frozen_depth or not self._may_be_api(original_node.func):
             return updated_node
         index = self.order[id(original_node)]
         span = self.spans[index] if index < len(self.spans) else None
