@@ -41,7 +41,7 @@ def run_tc(args: list[str], out_dir: Path, cwd: Path | None = None, timeout: flo
     """`python -m traincheck_rewrite ARGS --output-dir OUT_DIR`; finds the run folder it made."""
     out_dir.mkdir(parents=True, exist_ok=True)
     before = set(out_dir.iterdir())
-    cmd = [sys.executable, "-m", "traincheck_rewrite", *args, "--output-dir", str(out_dir)]
+    cmd = [sys.executable, "-m", "traincheck_rewrite", "--output-dir", str(out_dir), *args]
     proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=_env(), timeout=timeout)
     made = [p for p in set(out_dir.iterdir()) - before if p.name.startswith("traincheck_run_")]
     return Result(proc.returncode, proc.stdout, proc.stderr, made[0] if len(made) == 1 else None)

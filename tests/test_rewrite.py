@@ -219,3 +219,16 @@ def test_self_documenting_fstring_expression_keeps_its_text():
     out = rw('import torch\nprint(f"{torch.max(x).item()=} {torch.min(x)}")\n')
     assert "{torch.max(x).item()=}" in out
     assert "{_tc_(" in out  # the other expression is still wrapped
+
+
+def test_lazy_hook_stays_out_of_nested_fstrings():
+    src = "while False:\n    import torch\nq = f\"{'&'.join([f'{k}={torch.numel(v)}' for k, v in d.items()])}\"\ntorch.ones(1)\n"
+    out = rewrite_source(src, "t.py")
+    compile(out, "t.py", "exec")
+    assert "{torch.numel(v)}" in out and ".lazy(" in out
+
+
+def test_leading_try_block_takes_the_bootstrap_in_its_body():
+    out = rw("try:\n    import torch\nexcept ImportError:\n    torch = None\ntorch.ones(1)\n")
+    assert out.splitlines()[1] == f"    {BOOT}; import torch"
+    assert "_tc_(1, torch.ones)(1)" in out

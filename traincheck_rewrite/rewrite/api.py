@@ -48,9 +48,9 @@ def rewrite_source(
     hook = cst.Name(HOOK) if placeable else cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE)
     facts = collect_names(tree, modules)
     sites = sites if sites is not None else SiteTable()
-    rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook)
+    rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, not placeable)
     if wrapper.mismatch or wrapper.visited != len(wrapper.spans):
-        rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook)
+        rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, not placeable)
     if placeable:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 
@@ -60,8 +60,8 @@ def rewrite_source(
     return result
 
 
-def _wrap_calls(module, facts, spans, site_base, hook) -> tuple[cst.Module, CallWrapper]:
-    wrapper = CallWrapper(facts, spans, site_base, hook)
+def _wrap_calls(module, facts, spans, site_base, hook, lazy) -> tuple[cst.Module, CallWrapper]:
+    wrapper = CallWrapper(facts, spans, site_base, hook, hook_has_quotes=lazy)
     return module.visit(wrapper), wrapper
 
 

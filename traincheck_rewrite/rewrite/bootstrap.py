@@ -4,7 +4,8 @@ The import must run before the first wrapped call, after the module docstring (s
 `from __future__` imports (which must come first). It is placed, in order of preference:
 
 1. at the end of the line of the last `__future__` import, or of the docstring: `"Doc."; import ...`;
-2. in front of the first statement when that is a simple statement: `import ...; import torch`;
+2. in front of the first statement when that is a simple statement: `import ...; import torch`, or in front of the
+   first statement of a leading `try:` block;
 3. on a blank line before the first statement.
 
 Otherwise (the file's first code line is a compound statement with nothing but comments before it) there is no
@@ -90,6 +91,14 @@ def insert_bootstrap(module: cst.Module) -> cst.Module | None:
     first = body[0]
     if isinstance(first, cst.SimpleStatementLine):
         body[0] = _prepend(first)
+        return module.with_changes(body=body)
+    if (  # `try:` has no header to evaluate: its body's first line runs first (libraries start so)
+        isinstance(first, cst.Try)
+        and isinstance(first.body, cst.IndentedBlock)
+        and isinstance(first.body.body[0], cst.SimpleStatementLine)
+    ):
+        inner = [_prepend(first.body.body[0]), *first.body.body[1:]]
+        body[0] = first.with_changes(body=first.body.with_changes(body=inner))
         return module.with_changes(body=body)
     # A blank line in the header (after any shebang/coding lines, which are comments) or before the first statement.
     lines = list(module.header) + list(first.leading_lines)

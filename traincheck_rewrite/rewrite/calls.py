@@ -57,8 +57,13 @@ class CallWrapper(cst.CSTTransformer):
     Site ids start after `site_base`; the caller registers `wrapped` in a SiteTable once the file succeeded.
     """
 
-    def __init__(self, facts: NameFacts, spans: list[Span], site_base: int, hook: cst.BaseExpression):
+    def __init__(
+        self, facts: NameFacts, spans: list[Span], site_base: int, hook: cst.BaseExpression, hook_has_quotes: bool
+    ):
         super().__init__()
+        # A hook spelled with a string literal cannot go inside an f-string (3.11 forbids reusing its quotes there).
+        self.hook_has_quotes = hook_has_quotes
+        self.fstring_depth = 0
         self.site_base = site_base
         self.facts = facts
         self.spans = spans
@@ -78,6 +83,13 @@ class CallWrapper(cst.CSTTransformer):
     def leave_FormattedStringExpression(self, original_node, updated_node):
         if original_node.equal is not None:
             self.frozen_depth -= 1
+        return updated_node
+
+    def visit_FormattedString(self, node: cst.FormattedString) -> None:
+        self.fstring_depth += 1
+
+    def leave_FormattedString(self, original_node, updated_node):
+        self.fstring_depth -= 1
         return updated_node
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
@@ -116,7 +128,7 @@ class CallWrapper(cst.CSTTransformer):
         self.visited += 1
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
-        if self.frozen_depth or not self._may_be_api(original_node.func):
+        if self.frozen_depth or (self.fstring_depth and self.hook_has_quotes) or not self._may_be_api(original_node.func):
             return updated_node
         index = self.order[id(original_node)]
         span = self.spans[index] if index < len(self.spans) else None

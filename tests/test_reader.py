@@ -1,0 +1,125 @@
+"""The trace reader and sealer on real zstd files: several frames, torn frames, spill files, plain TrainCheck logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+import zstandard
+
+from traincheck_rewrite.runtime.writer import TraceWriter
+from traincheck_rewrite.trace import ReadStats, read_records
+from traincheck_rewrite.trace.recover import seal
+from traincheck_rewrite.trace.summary import summarize
+
+
+def rec(i: int, kind: str = "function_call (pre)", **extra) -> dict:
+    return {"type": kind, "func_call_id": i, "time": 1000 + i, "process_id": 1, "thread_id": 2, "meta_vars": {"step": i // 10}, **extra}
+
+
+def lines(records) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+
+def frame(records) -> bytes:
+    return zstandard.ZstdCompressor(level=1).compress(lines(records))
+
+
+@pytest.fixture()
+def traces(tmp_path: Path) -> Path:
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    return folder
+
+
+def test_reads_every_frame_of_a_multi_frame_file(traces: Path):
+    (traces / "trace_API_1_2.log.zst").write_bytes(frame([rec(0), rec(1)]) + frame([rec(2)]) + frame([rec(3)]))
+    stats = ReadStats()
+    got = [r["func_call_id"] for r in read_records(traces.parent, stats=stats)]
+    assert got == [0, 1, 2, 3] and stats.truncated_files == [] and stats.files == 1
+
+
+@pytest.mark.parametrize("cut", [1, 3, 9])
+def test_torn_last_frame_keeps_complete_blocks_and_is_counted(traces: Path, cut: int):
+    comp = zstandard.ZstdCompressor(level=1).compressobj()
+    data = frame([rec(0)]) + comp.compress(lines([rec(1), rec(2)])) + comp.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    data += comp.compress(lines([rec(3)])) + comp.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    (traces / "trace_API_1_2.log.zst").write_bytes(data[:-cut])  # the last block is cut
+    stats = ReadStats()
+    got = [r["func_call_id"] for r in read_records(traces, stats=stats, chunk_size=7)]
+    assert got == [0, 1, 2]
+    assert stats.truncated_files == ["trace_API_1_2.log.zst"] and stats.bad_lines == 0
+
+
+def test_lines_split_across_read_chunks_and_bad_lines(traces: Path):
+    good = lines([rec(i, note="x" * 50) for i in range(20)])
+    (traces / "trace_API_1_2.log.zst").write_bytes(zstandard.ZstdCompressor().compress(good + b"{not json\n" + lines([rec(20)])))
+    stats = ReadStats()
+    got = [r["func_call_id"] for r in read_records(traces, stats=stats, chunk_size=5)]
+    assert got == list(range(21)) and stats.bad_lines == 1
+
+
+def test_empty_files_and_decompressed_traincheck_logs(traces: Path):
+    (traces / "trace_API_1_2.log.zst").write_bytes(b"")
+    (traces / "trace_VAR_1_2.log").write_bytes(lines([rec(7, "state_change", var_name="model.0.weight")]))
+    (traces / "unrelated.txt").write_text("ignored")
+    stats = ReadStats()
+    got = list(read_records(traces, stats=stats))
+    assert [r["func_call_id"] for r in got] == [7] and stats.truncated_files == [] and stats.files == 2
+
+
+def test_writer_spill_survives_without_close_and_seal_folds_it_in(traces: Path):
+    writer = TraceWriter(str(traces), "API", 1, 2)
+    for i in range(5):
+        writer.append(rec(i), 0)
+    writer.flush()  # records 0-4 compressed as one block of a frame left open
+    for i in range(5, 8):
+        writer.append(rec(i), 0)  # only in the spill: the process "dies" here
+    names = sorted(p.name for p in traces.iterdir())
+    assert names == ["spill_API_1_2.jsonl", "trace_API_1_2.log.zst"]
+    stats = ReadStats()
+    assert [r["func_call_id"] for r in read_records(traces, stats=stats)] == list(range(8))
+    assert stats.truncated_files == ["trace_API_1_2.log.zst"]
+    done = seal(traces.parent)
+    assert done == {"sealed_files": 1, "recovered_records": 3}
+    assert sorted(p.name for p in traces.iterdir()) == ["trace_API_1_2.log.zst"]
+    stats = ReadStats()
+    assert [r["func_call_id"] for r in read_records(traces, stats=stats)] == list(range(8))
+    assert stats.truncated_files == []
+
+
+def test_seal_drops_spill_records_already_compressed(traces: Path):
+    """A kill between writing a block and clearing the spill must not duplicate records."""
+    (traces / "trace_API_1_2.log.zst").write_bytes(frame([rec(0), rec(1)]))
+    (traces / "spill_API_1_2.jsonl").write_bytes(lines([rec(1), rec(2)]) + b'{"partial' + b"\0" * 100)
+    assert [r["func_call_id"] for r in read_records(traces)] == [0, 1, 2]
+    seal(traces)
+    assert [r["func_call_id"] for r in read_records(traces)] == [0, 1, 2]
+
+
+def test_writer_close_leaves_one_clean_file(traces: Path):
+    writer = TraceWriter(str(traces), "API", 1, 2)
+    for i in range(3):
+        writer.append(rec(i), 0)
+    writer.close()
+    assert [p.name for p in traces.iterdir()] == ["trace_API_1_2.log.zst"]
+    stats = ReadStats()
+    assert len(list(read_records(traces, stats=stats))) == 3 and stats.truncated_files == []
+
+
+def test_summary_counts(traces: Path, tmp_path: Path):
+    records = [
+        rec(1), rec(1, "function_call (post)", function="torch.add"),
+        rec(2), rec(2, "function_call (post) (exception)", function="torch.mm"),
+        rec(3),  # left open
+        rec(40, "state_change", var_name="model.w", meta_vars={"step": 4, "stage": "training"}),
+    ]
+    (traces / "trace_API_1_2.log.zst").write_bytes(frame(records))
+    (tmp_path / "run.json").write_text(json.dumps({"exit_code": 3}))
+    s = summarize(tmp_path)
+    assert s["api_calls"] == 2 and s["functions"] == {"torch.add": 1, "torch.mm": 1}
+    assert s["exceptions"] == 1 and s["open_calls"] == 1 and s["state_changes"] == 1 and s["variables"] == 1
+    assert s["max_step"] == 4 and s["stages"] == {"init": 5, "training": 1} and s["exit_code"] == 3
+    assert s["processes"] == 1 and s["threads"] == 1 and s["truncated_files"] == 0
