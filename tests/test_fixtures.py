@@ -144,7 +144,7 @@ def test_exception_record_closes_the_failing_call(runs):
 
 def test_threads_and_worker_processes_write_their_own_files(runs):
     threads_dir = runs["threads"][1].run_dir
-    names = sorted(p.name for p in (threads_dir / "traces").iterdir())
+    names = sorted(p.name for p in (threads_dir / "traces").glob("trace_API_*"))
     assert len(names) == 2 and all(re.match(r"trace_API_\d+_\d+\.log\.zst$", n) for n in names)
     side = {r["thread_id"] for r in api_records(threads_dir) if r["function"] == "torch.matmul"}
     main = {r["thread_id"] for r in api_records(threads_dir) if r["function"].endswith(".step")}

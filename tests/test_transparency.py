@@ -41,7 +41,7 @@ def traceback_shape(stderr: str) -> list[str]:
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_script_behaves_the_same(script: Path, tmp_path: Path):
     plain = run_plain([sys.executable, script.name], cwd=script.parent)
-    traced = run_tc(["--pyscript", str(script)], tmp_path, cwd=script.parent)
+    traced = run_tc(["--pyscript", str(script), "--models-to-track", "model"], tmp_path, cwd=script.parent)
     assert plain.returncode == expected_exit(script), plain.stderr
     assert traced.returncode == plain.returncode, traced.stderr
     assert traced.stdout == plain.stdout

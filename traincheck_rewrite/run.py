@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config
-from .rewrite import RewriteError, SiteTable, rewrite_source
+from .rewrite import Bindings, RewriteError, SiteTable, rewrite_source
 from .shscript import replace_script_words
 from .trace.reader import decompressed_chunks
 from .trace.recover import seal
@@ -120,6 +120,7 @@ def _plan_files(config: Config, run_dir: Path) -> list[tuple[Path, Path]]:
 def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dict]]:
     """Copy and rewrite the sources into `run_dir`; write instrumentation.diff and sites.json."""
     sites = SiteTable()
+    bindings = Bindings()
     script = Path(config.pyscript).resolve()
     root = script.parent
     report: list[dict] = []
@@ -134,7 +135,9 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
         original = src.read_bytes()
         try:
             before = len(sites.sites)
-            rewritten = rewrite_source(original, rel, modules=modules, sites=sites)
+            rewritten = rewrite_source(
+                original, rel, modules=modules, sites=sites, models=tuple(config.models_to_track), bindings=bindings
+            )
         except RewriteError as exc:
             if src.resolve() == script:
                 raise
@@ -146,9 +149,20 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
         shutil.copymode(src, dst)
         report.append({"file": rel, "wrapped_calls": len(sites.sites) - before})
         diffs.extend(_diff(original, rewritten, rel))
+    _warn_untracked(config, bindings)
     (run_dir / "instrumentation.diff").write_text("".join(diffs), encoding="utf-8")
     (run_dir / "sites.json").write_text(json.dumps(sites.to_json(), indent=0), encoding="utf-8")
     return sites, report
+
+
+def _warn_untracked(config: Config, bindings: Bindings) -> None:
+    """A models_to_track name bound nowhere: say so before the run, with the bindings that look like models."""
+    for name in config.models_to_track:
+        if name in bindings.found:
+            continue
+        seen = sorted({f"{target} ({file}:{line})" for target, file, line in bindings.candidates})
+        hint = f"; bindings that look like models: {', '.join(seen)}" if seen else "; no binding looks like a model"
+        _say(f"warning: models_to_track: '{name}' is never bound in the instrumented files, so it is not tracked{hint}")
 
 
 def _diff(original: bytes, rewritten: bytes, rel: str) -> list[str]:
@@ -293,7 +307,11 @@ def collect(config: Config, *, summary: bool = False) -> int:
         "cwd": os.getcwd(),
         "source_root": str(Path(config.pyscript).resolve().parent),
         "files": files,
-        "runtime": {"modules": list(config.modules_to_instr)},
+        "runtime": {
+            "modules": list(config.modules_to_instr),
+            "model_tracker_style": config.model_tracker_style,
+            "tensor_dump_format": config.tensor_dump_format,
+        },
     }
     _write_json(run_dir / "run.json", info)
     _say(f"run folder: {run_dir}")

@@ -2,5 +2,6 @@
 
 from .api import RewriteError, rewrite_source
 from .calls import SiteTable
+from .models import Bindings
 
-__all__ = ["RewriteError", "SiteTable", "rewrite_source"]
+__all__ = ["Bindings", "RewriteError", "SiteTable", "rewrite_source"]

@@ -8,6 +8,7 @@ import libcst as cst
 
 from . import bootstrap
 from .calls import HOOK, CallWrapper, SiteTable
+from .models import Bindings, track_models
 from .names import collect_names
 from .positions import call_spans, cst_call_spans
 
@@ -22,11 +23,14 @@ def rewrite_source(
     *,
     modules: tuple[str, ...] = ("torch",),
     sites: SiteTable | None = None,
+    models: tuple[str, ...] = (),
+    bindings: Bindings | None = None,
 ) -> str | bytes:
     """Instrument `source` (text, or bytes honouring a coding cookie); returns the same type.
 
     Every original line keeps its number and its text outside the inserted code. An already instrumented source is
-    returned unchanged.
+    returned unchanged. `models` are the variable names whose bindings register a tracked model; what was found is
+    added to `bindings`.
     """
     text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
     if bootstrap.is_instrumented(text):
@@ -51,6 +55,8 @@ def rewrite_source(
     rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, not placeable)
     if wrapper.mismatch or wrapper.visited != len(wrapper.spans):
         rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, not placeable)
+    if models:
+        rewritten = track_models(rewritten, models, hook, filename, bindings if bindings is not None else Bindings())
     if placeable:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 

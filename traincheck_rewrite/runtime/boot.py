@@ -64,7 +64,7 @@ def _start(file: str | None) -> None:
         return
     settings = _runtime_settings(run_dir)
     trace_dir = os.environ.get("TC_REWRITE_TRACE_DIR") or os.path.join(run_dir, "traces")
-    recorder.start(trace_dir, tuple(settings.get("modules", ("torch",))))
+    recorder.start(trace_dir, tuple(settings.get("modules", ("torch",))), settings)
     atexit.register(recorder.flush_all, True)
     os.register_at_fork(after_in_child=recorder.after_fork_in_child)
     _install_sigterm_flush()
@@ -138,3 +138,12 @@ def lazy(site: int, fn):
     if not _attached:
         attach(sys._getframe(1).f_globals.get("__file__"))
     return recorder.hook(site, fn)
+
+
+def _lazy_track(name: str, obj) -> None:
+    if not _attached:
+        attach(sys._getframe(1).f_globals.get("__file__"))
+    recorder.track(name, obj)
+
+
+lazy.track = _lazy_track

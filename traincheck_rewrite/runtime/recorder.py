@@ -14,6 +14,7 @@ import time
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 
 from . import meta
+from .tracking import Tracker, mutates
 from .values import envelope, return_envelope, type_name
 from .writer import TraceWriter, warn_once
 
@@ -21,6 +22,7 @@ PRE = "function_call (pre)"
 POST = "function_call (post)"
 EXC = "function_call (post) (exception)"
 _NO_PROXIES: list = []
+_MODULE_CALL = "torch.nn.modules.module.Module.__call__"
 
 # Definitions reached through a C base class are named after the class users know.
 _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
@@ -29,9 +31,11 @@ _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
 class _State:
     """Process-wide recorder state; replaced in a forked child."""
 
-    def __init__(self, trace_dir: str, modules: tuple[str, ...]) -> None:
+    def __init__(self, trace_dir: str, modules: tuple[str, ...], settings: dict) -> None:
         self.trace_dir = trace_dir
         self.modules = modules
+        self.settings = settings
+        self.tracker: Tracker | None = None  # made by the first track() call
         self.pid = os.getpid()
         self.id_base = self.pid * 1_000_000_000
         self.ids = itertools.count(1)
@@ -51,14 +55,14 @@ def enabled() -> bool:
     return _state is not None
 
 
-def start(trace_dir: str, modules: tuple[str, ...]) -> None:
+def start(trace_dir: str, modules: tuple[str, ...], settings: dict | None = None) -> None:
     global _state
     os.makedirs(trace_dir, exist_ok=True)
     _module_ok.clear()
     _method_info.clear()
     _class_info.clear()
     _call_info.clear()
-    _state = _State(trace_dir, modules)
+    _state = _State(trace_dir, modules, settings or {})
 
 
 def _instrumented(module) -> bool:
@@ -72,9 +76,9 @@ def _instrumented(module) -> bool:
 
 
 def _info(name: str, bound: bool) -> tuple:
-    """(function name, is_bound_method, ends a training step)."""
+    """(function name, is_bound_method, ends a training step, can change model state)."""
     boundary = name.startswith("torch.optim.") and name.endswith(".step")
-    return (name, bound, boundary)
+    return (name, bound, boundary, mutates(name))
 
 
 def _class_path(cls: type) -> str:
@@ -209,11 +213,55 @@ def _thread():
         return local.writer, local.stack, local.tid
     except AttributeError:
         tid = threading.get_ident()
-        writer = TraceWriter(_state.trace_dir, "API", _state.pid, tid)
-        with _state.lock:
-            _state.writers.append(writer)
-        local.writer, local.stack, local.tid, local.last_time = writer, [], tid, 0
+        writer = _new_writer("API", tid)
+        local.writer, local.stack, local.tid, local.last_time, local.var_writer = writer, [], tid, 0, None
         return writer, local.stack, tid
+
+
+def _new_writer(kind: str, tid: int) -> TraceWriter:
+    writer = TraceWriter(_state.trace_dir, kind, _state.pid, tid)
+    with _state.lock:
+        _state.writers.append(writer)
+    return writer
+
+
+def _emit_state(record: dict) -> None:
+    """Complete a state record (time, process, thread, meta) and write it to this thread's VAR file."""
+    _, _, tid = _thread()
+    local = _state.local
+    if local.var_writer is None:
+        local.var_writer = _new_writer("VAR", tid)
+    now = _now()
+    record.update(time=now, process_id=_state.pid, thread_id=tid, meta_vars=meta.current)
+    local.var_writer.append(record, now)
+
+
+def track(name: str, obj) -> None:
+    """What `_tc_.track("model", model)` runs after each binding of a tracked name."""
+    state = _state
+    if state is None or _compiling():
+        return
+    try:
+        if state.tracker is None:
+            state.tracker = Tracker(state.settings.get("tensor_dump_format", "hash"), state.settings.get("model_tracker_style", "proxy"))
+        state.tracker.track(name, obj, _emit_state)
+    except Exception as exc:
+        _recorder_error(exc)
+
+
+hook.track = track
+
+
+def _checks_state(tracker: Tracker, info: tuple, owner) -> bool:
+    """Whether this logged call is one that can change tracked state (see tracking.mutates)."""
+    if not info[3] or tracker.sampler:
+        return False
+    name = info[0]
+    if name == _MODULE_CALL:
+        return id(owner) in tracker.roots  # the tracked model's forward updates buffers; submodules' calls are inside it
+    if name[-1] == "_" and owner is not None and not name.startswith("torch.optim."):
+        return id(owner) in tracker.names_by_id or tracker.dirty_by_storage(owner)
+    return True
 
 
 def _now() -> int:
@@ -230,9 +278,17 @@ def _logged(ctx, *args, **kwargs):
     state = _state
     if state is None:
         return fn(*args, **kwargs)
+    tracker = state.tracker
+    check = False
     try:
         writer, stack, tid = _thread()
-        name, bound, boundary = info
+        name, bound, boundary, _ = info
+        proxies = _NO_PROXIES
+        if tracker is not None:
+            proxies = tracker.proxy_names(owner, args)
+            check = _checks_state(tracker, info, owner)
+            if check:  # changes made since the last record by code that is not logged: before this call's window
+                tracker.check(f"before {name}", _emit_state, name == _MODULE_CALL)
         call_id = state.id_base + next(state.ids)
         if owner is not None:
             arg_env = {"0": envelope(owner)}
@@ -256,7 +312,7 @@ def _logged(ctx, *args, **kwargs):
                 "site": site,
                 "args": arg_env,
                 "kwargs": {k: envelope(v) for k, v in kwargs.items()},
-                "proxy_obj_names": _NO_PROXIES,
+                "proxy_obj_names": proxies,
             },
             now,
         )
@@ -267,12 +323,30 @@ def _logged(ctx, *args, **kwargs):
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
+        _state_inside(tracker, check, boundary, name)
         _close(stack, writer, tid, call_id, name, _exception_record(exc))
         raise
+    _state_inside(tracker, check, boundary, name)
     _close(stack, writer, tid, call_id, name, None, result)
     if boundary:
         writer.flush()
+        var_writer = state.local.var_writer
+        if var_writer is not None:
+            var_writer.flush()
     return result
+
+
+def _state_inside(tracker: Tracker | None, check: bool, boundary: bool, name: str) -> None:
+    """State records of what the call changed, timed inside its window (before its post record)."""
+    if tracker is None:
+        return
+    try:
+        if check:
+            tracker.check(name, _emit_state, name == _MODULE_CALL)
+        elif boundary and tracker.sampler:
+            tracker.snapshot(name, _emit_state)
+    except Exception as exc:
+        _recorder_error(exc)
 
 
 def _exception_record(exc: BaseException) -> dict:
@@ -338,7 +412,7 @@ def after_fork_in_child() -> None:
         return
     for writer in parent.writers:
         writer.abandon()
-    _state = _State(parent.trace_dir, parent.modules)
+    _state = _State(parent.trace_dir, parent.modules, parent.settings)
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
         # A multiprocessing child clears its finalizers, then runs its after-fork callbacks: register from there.

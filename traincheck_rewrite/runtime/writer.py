@@ -21,7 +21,6 @@ SPILL_BYTES = 4 << 20
 FLUSH_AT = SPILL_BYTES // 2
 FLUSH_AGE_NS = 500_000_000
 FRAME_BYTES = 1 << 20
-_COMPRESSOR = zstandard.ZstdCompressor(level=1)
 _DUMPS = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
@@ -37,7 +36,9 @@ def spill_name(kind: str, pid: int, tid: int) -> str:
 class TraceWriter:
     """Owned by one thread; `flush`/`close` may also run from the exit path of another thread."""
 
-    __slots__ = ("path", "spill_path", "spill", "pos", "fd", "frame", "frame_bytes", "last_flush", "busy", "failed")
+    __slots__ = (
+        "path", "spill_path", "spill", "pos", "fd", "compressor", "frame", "frame_bytes", "last_flush", "busy", "failed"
+    )
 
     def __init__(self, trace_dir: str, kind: str, pid: int, tid: int) -> None:
         self.path = os.path.join(trace_dir, trace_name(kind, pid, tid))
@@ -45,6 +46,9 @@ class TraceWriter:
         self.spill: mmap.mmap | None = None
         self.pos = 0
         self.fd = -1
+        # One compressor per writer: a ZstdCompressor runs one compression at a time, and frames stay open across
+        # flushes, so writers sharing one (two threads, or a thread's API and VAR files) corrupt each other's frames.
+        self.compressor = zstandard.ZstdCompressor(level=1)
         self.frame = None
         self.frame_bytes = 0
         self.last_flush = time.monotonic_ns()
@@ -109,7 +113,7 @@ class TraceWriter:
 
     def _compress(self, payload: bytes, close_frame: bool = False) -> None:
         if self.frame is None:
-            self.frame = _COMPRESSOR.compressobj()
+            self.frame = self.compressor.compressobj()
             self.frame_bytes = 0
         out = self.frame.compress(payload)
         self.frame_bytes += len(payload)

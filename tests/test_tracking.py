@@ -1,0 +1,160 @@
+"""Model tracking on real runs: every tensor at tracking time, every change inside the call that made it, frozen
+parameters unchanged, the program's objects untouched; and the tensor hash itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import FIXTURES, run_plain, run_tc
+from traincheck_rewrite.runtime.tensors import tensor_hash, tensor_stats
+from traincheck_rewrite.trace import read_records
+
+PARAMS = ["model.0.bias", "model.1.weight", "model.1.bias", "model.3.weight", "model.3.bias"]
+BUFFERS = ["model.1.running_mean", "model.1.running_var", "model.1.num_batches_tracked"]
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory):
+    fixture = FIXTURES / "tracking"
+    plain = run_plain([sys.executable, "train.py"], cwd=fixture)
+    out = {}
+    for style in ("proxy", "subclass", "sampler"):
+        traced = run_tc([str(fixture / "config.yaml"), "--model-tracker-style", style], tmp_path_factory.mktemp(style), cwd=fixture)
+        out[style] = (plain, traced, sorted(read_records(traced.run_dir), key=lambda r: (r["thread_id"], r["time"])))
+    return out
+
+
+def _windows(records, function):
+    """(pre time, post time) of each call of `function`."""
+    pre = {r["func_call_id"]: r["time"] for r in records if r.get("function") == function and r["type"].endswith("(pre)")}
+    return [(pre[r["func_call_id"]], r["time"]) for r in records if r.get("function") == function and "(post)" in r["type"]]
+
+
+def _states(records, var, inside=None):
+    out = [r for r in records if r["type"] == "state_change" and r["var_name"] == var]
+    if inside is not None:
+        out = [r for r in out if inside[0] < r["time"] < inside[1]]
+    return out
+
+
+@pytest.mark.parametrize("style", ["proxy", "subclass", "sampler"])
+def test_program_behaves_the_same_under_tracking(styles, style):
+    plain, traced, _ = styles[style]
+    assert traced.returncode == 0 == plain.returncode, traced.stderr
+    assert traced.stdout == plain.stdout
+
+
+@pytest.mark.parametrize("style", ["proxy", "subclass", "sampler"])
+def test_every_tensor_is_recorded_when_tracking_starts(styles, style):
+    records = styles[style][2]
+    init = {r["var_name"]: r for r in records if r["type"] == "state_change" and r["mode"] == "init"}
+    assert set(init) == {"model.0.weight", *PARAMS, *BUFFERS}
+    assert init["model.0.weight"]["var_type"] == "torch.nn.Parameter"
+    assert init["model.1.running_mean"]["var_type"] == "torch.Tensor"
+    attrs = init["model.3.weight"]["attributes"]
+    assert isinstance(attrs["data"], int) and attrs["grad"] is None and attrs["shape"] == [3, 8]
+    assert set(attrs) >= {"dtype", "shape", "requires_grad", "is_leaf", "data", "grad"}
+
+
+@pytest.mark.parametrize("style", ["proxy", "subclass", "sampler"])
+def test_each_optimizer_step_changes_trained_data_inside_its_window(styles, style):
+    records = styles[style][2]
+    steps = _windows(records, "torch.optim.sgd.SGD.step")
+    assert len(steps) == 5
+    for var in PARAMS[1:]:  # model.0.bias feeds BatchNorm, which cancels its gradient: zero, so it does not move
+        last = _states(records, var)[0]["attributes"]["data"]
+        for window in steps:
+            inside = _states(records, var, window)
+            assert inside, f"{var}: no record inside step {window}"
+            assert inside[-1]["attributes"]["data"] != last
+            last = inside[-1]["attributes"]["data"]
+
+
+@pytest.mark.parametrize("style", ["proxy", "subclass", "sampler"])
+def test_frozen_parameter_never_changes(styles, style):
+    records = styles[style][2]
+    hashes = {r["attributes"]["data"] for r in _states(records, "model.0.weight")}
+    assert len(hashes) == 1
+
+
+@pytest.mark.parametrize("style", ["proxy", "subclass"])
+def test_zero_grad_clears_grads_inside_its_window_and_backward_sets_them(styles, style):
+    records = styles[style][2]
+    zero = _windows(records, "torch.optim.optimizer.Optimizer.zero_grad")
+    backward = _windows(records, "torch._tensor.Tensor.backward")
+    assert len(zero) == len(backward) == 5
+    for var in PARAMS:
+        for window in zero[1:]:  # the first zero_grad finds no grads to clear
+            inside = _states(records, var, window)
+            assert inside and inside[-1]["attributes"]["grad"] is None
+        for window in backward:
+            inside = _states(records, var, window)
+            assert inside and isinstance(inside[-1]["attributes"]["grad"], int)
+    # BatchNorm statistics change in the model's forward, recorded inside the tracked model's call
+    forward = _windows(records, "torch.nn.modules.module.Module.__call__")
+    assert any(_states(records, "model.1.running_mean", w) for w in forward)
+
+
+def test_proxy_obj_names_name_the_tracked_objects_passed(styles):
+    records = styles["proxy"][2]
+    calls = [r for r in records if r["type"] == "function_call (pre)"]
+    assert all("proxy_obj_names" in r for r in calls)
+    forward = next(r for r in calls if r["function"] == "torch.nn.modules.module.Module.__call__" and r["proxy_obj_names"])
+    assert forward["proxy_obj_names"] == [["model", "Sequential"]]
+
+
+def test_a_misspelt_model_name_warns_with_candidates(tmp_path: Path):
+    fixture = FIXTURES / "tracking"
+    traced = run_tc([str(fixture / "config.yaml"), "--models-to-track", "modle"], tmp_path, cwd=fixture)
+    assert traced.returncode == 0
+    warning = [line for line in traced.stderr.splitlines() if "models_to_track" in line]
+    assert len(warning) == 1 and "'modle'" in warning[0] and "model (train.py:13)" in warning[0]
+    assert not any(r["type"] == "state_change" for r in read_records(traced.run_dir))
+
+
+# --- the hash ---------------------------------------------------------------------------------------------------
+
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_one_ulp_in_any_element_changes_the_hash(dtype):
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        t = torch.randn(7, 5, generator=g).to(dtype)
+        i = int(torch.randint(0, t.numel(), (1,), generator=g))
+        nudged = t.clone().reshape(-1)
+        nudged[i] = torch.nextafter(nudged[i : i + 1].float(), torch.tensor([float("inf")])).to(dtype)[0]
+        if torch.equal(nudged.reshape(t.shape), t):  # the nudge rounded away in a short dtype: nudge the bits
+            nudged.view(torch.int16 if t.element_size() == 2 else torch.int32)[i] += 1
+        assert tensor_hash(nudged.reshape(t.shape)) != tensor_hash(t), (dtype, trial, i)
+
+
+def test_nan_inf_and_minus_inf_are_distinct_and_other_dtypes_hash():
+    values = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0]
+    hashes = {tensor_hash(torch.tensor([1.0, v])) for v in values}
+    assert len(hashes) == len(values)
+    for t in (torch.arange(10), torch.ones(3, dtype=torch.bool), torch.randn(4, dtype=torch.complex64),
+              torch.ones(2, 3).t(), torch.empty(0)):
+        assert isinstance(tensor_hash(t), int)
+    assert tensor_hash(torch.ones(2, 3).t()) == tensor_hash(torch.ones(3, 2))  # layout does not matter, values do
+
+
+def test_hash_is_the_same_in_another_process():
+    code = "import torch; from traincheck_rewrite.runtime.tensors import tensor_hash; torch.manual_seed(3); print(tensor_hash(torch.randn(1000)))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    torch.manual_seed(3)
+    assert int(other) == tensor_hash(torch.randn(1000))
+
+
+def test_stats_are_fresh_and_nan_is_null():
+    t = torch.tensor([1.0, 2.0, 3.0])
+    assert tensor_stats(t) == {"min": 1.0, "max": 3.0, "mean": 2.0, "std": 1.0, "shape": [3]}
+    t.add_(1)
+    assert tensor_stats(t)["mean"] == 3.0
+    assert tensor_stats(torch.tensor([1.0, float("nan")]))["mean"] is None

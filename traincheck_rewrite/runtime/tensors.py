@@ -1,0 +1,104 @@
+"""Tensor contents for state records, computed with tensor operations on the tensor's own device.
+
+`hash`: the tensor's bits read as integers, multiplied by fixed odd pseudo-random weights and summed modulo 2**64.
+A change of any single element changes the sum by (its bit difference x an odd weight), never 0 mod 2**64, so
+even a one-ulp change always shows; NaN, +inf and -inf have different bits. The weights depend only on the
+position, so the hash is the same across runs and processes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+FULL_CAP = 100_000  # elements written by `full` before the values are cut (with one warning)
+_INT_VIEW = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
+_weights: dict = {}  # (numel, device) -> int64 weights
+
+
+def _torch():
+    return sys.modules["torch"]
+
+
+def _weights_for(n: int, device):
+    key = (n, str(device))
+    w = _weights.get(key)
+    if w is None:
+        torch = _torch()
+        i = torch.arange(n, dtype=torch.int64, device=device)
+        w = i * 6364136223846793005 + 1442695040888963407  # wraps mod 2**64 (a 64-bit LCG step)
+        w = (w ^ (w >> 29)) * -4658895280553007687
+        w = (w ^ (w >> 32)) | 1  # odd
+        if len(_weights) > 256:
+            _weights.clear()
+        _weights[key] = w
+    return w
+
+
+def tensor_hash(t) -> int:
+    torch = _torch()
+    t = t.detach()
+    if t.numel() == 0:
+        return 0
+    flat = t.reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    size = flat.element_size()
+    if flat.dtype == torch.bool:
+        bits = flat.to(torch.int64)
+    elif size in _INT_VIEW:
+        bits = flat.contiguous().view(getattr(torch, _INT_VIEW[size])).to(torch.int64)
+    else:
+        bits = flat.contiguous().view(torch.uint8).to(torch.int64)
+    h = (bits * _weights_for(bits.numel(), bits.device)).sum()
+    return int(h.item())
+
+
+def _num(v: float):
+    return v if math.isfinite(v) else None  # NaN/inf are not JSON; written as null
+
+
+def tensor_stats(t) -> dict:
+    torch = _torch()
+    t = t.detach()
+    if t.numel() == 0:
+        return {"min": None, "max": None, "mean": None, "std": None, "shape": list(t.shape)}
+    f = t.to(torch.float64) if not t.is_complex() else t.abs().to(torch.float64)
+    values = torch.stack([f.min(), f.max(), f.mean(), f.std() if f.numel() > 1 else f.new_zeros(())]).tolist()
+    mn, mx, mean, std = (_num(v) for v in values)
+    return {"min": mn, "max": mx, "mean": mean, "std": std, "shape": list(t.shape)}
+
+
+def tensor_full(t, warn) -> list:
+    t = t.detach()
+    if t.numel() > FULL_CAP:
+        warn(f"tensor_dump_format full: tensors over {FULL_CAP} elements are written as their first {FULL_CAP} values")
+        t = t.reshape(-1)[:FULL_CAP]
+    return [_num(v) if isinstance(v, float) else v for v in t.reshape(-1).tolist()]
+
+
+def contents(t, fmt: str, warn):
+    if t is None:
+        return None
+    if fmt == "hash":
+        return tensor_hash(t)
+    if fmt == "stats":
+        return tensor_stats(t)
+    return tensor_full(t, warn)
+
+
+def attributes(t, fmt: str, warn) -> dict:
+    """TrainCheck's primitive tensor attributes, plus `data` and `grad` contents in `fmt`; every key every time."""
+    grad = t.grad
+    return {
+        "dtype": str(t.dtype),
+        "shape": list(t.shape),
+        "device": str(t.device),
+        "requires_grad": t.requires_grad,
+        "is_leaf": t.is_leaf,
+        "ndim": t.ndim,
+        "numel": t.numel(),
+        "is_cpu": t.is_cpu,
+        "data": contents(t, fmt, warn),
+        "grad": contents(grad, fmt, warn),
+    }

@@ -1,0 +1,155 @@
+"""Model tracking without touching the program's objects: parameters and buffers are read, never wrapped.
+
+`track(name, obj)` records every parameter and buffer once. Afterwards the recorder calls `check` around logged calls
+that can change model state (an optimizer's methods, `backward`, `Module` methods that move or load weights,
+`torch.nn.utils`/`torch.nn.init` functions, the tracked model's own forward for buffers, in-place methods on a
+tracked tensor): the tensor's version counter, its grad's identity and version tell what changed, and only what
+changed is hashed and written. A check before such a call writes changes made by unlogged code (outside the call's
+window); the check after it writes the call's own changes inside its window, before its post record.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+
+from . import tensors
+from .writer import warn_once
+
+
+class _Tensor:
+    __slots__ = ("var_name", "var_type", "ref", "version", "grad_id", "grad_version", "ptr", "is_buffer", "data_hash")
+
+    def __init__(self, var_name: str, t) -> None:
+        self.var_name = var_name
+        self.is_buffer = not isinstance(t, sys.modules["torch"].nn.Parameter)
+        self.var_type = "torch.Tensor" if self.is_buffer else "torch.nn.Parameter"
+        self.ref = weakref.ref(t)
+        self.ptr = t.data_ptr()
+        self.version = self.grad_id = self.grad_version = self.data_hash = None
+
+    def changed(self, t, hash_buffers: bool) -> bool:
+        grad = t.grad
+        if (
+            t._version != self.version
+            or id(grad) != self.grad_id
+            or (grad is not None and grad._version != self.grad_version)
+        ):
+            return True
+        # Kernels update BatchNorm running statistics without bumping their version counter: compare contents.
+        return hash_buffers and self.is_buffer and tensors.tensor_hash(t) != self.data_hash
+
+    def seen(self, t) -> None:
+        grad = t.grad
+        self.version = t._version
+        self.grad_id = id(grad)
+        self.grad_version = grad._version if grad is not None else None
+        if self.is_buffer:
+            self.data_hash = tensors.tensor_hash(t)
+
+
+class Tracker:
+    """Tracked tensors of one process, by name, id and storage address."""
+
+    def __init__(self, fmt: str, style: str) -> None:
+        self.fmt = fmt
+        self.sampler = style == "sampler"
+        self.tensors: dict[str, _Tensor] = {}
+        self.names_by_id: dict[int, tuple[str, str]] = {}  # id(tracked object) -> (name, type) for proxy_obj_names
+        self.roots: dict[int, str] = {}  # id(tracked module) -> name
+        self.by_ptr: dict[int, _Tensor] = {}
+
+    def track(self, name: str, obj, emit) -> None:
+        module = _unwrap(obj)
+        if not hasattr(module, "named_parameters"):
+            return
+        self.roots[id(module)] = name
+        self.roots[id(obj)] = name
+        self.names_by_id[id(obj)] = self.names_by_id[id(module)] = (name, type(module).__qualname__)
+        fresh = []
+        for path, t in [*module.named_parameters(), *module.named_buffers()]:
+            var_name = f"{name}.{path}"
+            entry = self.tensors.get(var_name)
+            if entry is None or entry.ref() is not t:
+                entry = _Tensor(var_name, t)
+                self.tensors[var_name] = entry
+                self.by_ptr[entry.ptr] = entry
+                self.names_by_id[id(t)] = (var_name, entry.var_type)
+                fresh.append((entry, t))
+        for entry, t in fresh:
+            entry.seen(t)
+            emit(self.record(entry, t, "init", f"track({name})"))
+
+    def record(self, entry: _Tensor, t, mode: str, dump_loc: str) -> dict:
+        return {
+            "type": "state_change",
+            "var_name": entry.var_name,
+            "var_type": entry.var_type,
+            "mode": mode,
+            "dump_loc": dump_loc,
+            "attributes": tensors.attributes(t, self.fmt, warn_once),
+        }
+
+    def check(self, dump_loc: str, emit, hash_buffers: bool = False) -> None:
+        """Write a record for every tracked tensor that changed since it was last written (buffers compared by
+        content too when `hash_buffers`: around the tracked model's forward)."""
+        for entry in self.tensors.values():
+            t = entry.ref()
+            if t is not None and entry.changed(t, hash_buffers):
+                entry.seen(t)
+                emit(self.record(entry, t, "update", dump_loc))
+
+    def snapshot(self, dump_loc: str, emit) -> None:
+        """Sampler style: every tracked tensor, changed or not."""
+        for entry in self.tensors.values():
+            t = entry.ref()
+            if t is not None:
+                entry.seen(t)
+                emit(self.record(entry, t, "sample", dump_loc))
+
+    def dirty_by_storage(self, t) -> bool:
+        """An in-place call on a tensor sharing a tracked tensor's storage (`p.data.add_`, whose version counter is
+        not the parameter's): force a record of that tensor."""
+        ptr = getattr(t, "data_ptr", None)
+        entry = self.by_ptr.get(ptr()) if ptr is not None else None
+        if entry is None:
+            return False
+        entry.version = None
+        return True
+
+    def proxy_names(self, owner, args) -> list:
+        names = self.names_by_id
+        found = [list(names[id(owner)])] if owner is not None and id(owner) in names else []
+        for a in args:
+            if id(a) in names:
+                found.append(list(names[id(a)]))
+        return found
+
+
+def _unwrap(obj):
+    """DDP/DataParallel keep the model in `.module`, torch.compile in `._orig_mod`: track the parameters' owner."""
+    for _ in range(4):
+        inner = getattr(obj, "_orig_mod", None) or (
+            getattr(obj, "module", None) if type(obj).__name__ in ("DistributedDataParallel", "DataParallel") else None
+        )
+        if inner is None:
+            return obj
+        obj = inner
+    return obj
+
+
+_MODULE_MUTATORS = frozenset(
+    {"zero_grad", "load_state_dict", "to", "cuda", "cpu", "half", "float", "double", "bfloat16", "type", "apply",
+     "_apply", "requires_grad_", "to_empty", "share_memory"}
+)
+
+
+def mutates(name: str) -> bool:
+    """Whether a logged function can change model state (checked around its calls)."""
+    if name.startswith(("torch.optim.", "torch.nn.utils.", "torch.nn.init.", "torch.autograd.")):
+        return True
+    if name in ("torch._tensor.Tensor.backward", "torch.nn.modules.module.Module.__call__"):
+        return True
+    if name.startswith("torch.nn.modules.module.Module."):
+        return name.rsplit(".", 1)[1] in _MODULE_MUTATORS
+    return name.endswith("_") and not name.endswith("__")  # in-place tensor methods: add_, copy_, zero_
