@@ -158,3 +158,17 @@ def test_stats_are_fresh_and_nan_is_null():
     t.add_(1)
     assert tensor_stats(t)["mean"] == 3.0
     assert tensor_stats(torch.tensor([1.0, float("nan")]))["mean"] is None
+
+
+@pytest.mark.parametrize("fmt", ["stats", "full"])
+def test_stats_and_full_formats_in_a_run(tmp_path: Path, fmt: str):
+    fixture = FIXTURES / "tracking"
+    traced = run_tc([str(fixture / "config.yaml"), "--tensor-dump-format", fmt], tmp_path, cwd=fixture)
+    assert traced.returncode == 0, traced.stderr
+    states = [r for r in read_records(traced.run_dir) if r["type"] == "state_change" and r["var_name"] == "model.3.bias"]
+    data = [r["attributes"]["data"] for r in states]
+    if fmt == "stats":
+        assert all(set(d) == {"min", "max", "mean", "std", "shape"} for d in data)
+    else:
+        assert all(isinstance(d, list) and len(d) == 3 for d in data)
+    assert len({str(d) for d in data}) > 5  # the values move with training

@@ -36,10 +36,15 @@ def _weights_for(n: int, device):
 
 
 def tensor_hash(t) -> int:
+    return int(_hash_tensor(t).item())
+
+
+def _hash_tensor(t):
+    """The hash as a 0-d int64 tensor on the tensor's device (no host synchronisation yet)."""
     torch = _torch()
     t = t.detach()
     if t.numel() == 0:
-        return 0
+        return torch.zeros((), dtype=torch.int64, device=t.device)
     flat = t.reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
@@ -50,8 +55,7 @@ def tensor_hash(t) -> int:
         bits = flat.contiguous().view(getattr(torch, _INT_VIEW[size])).to(torch.int64)
     else:
         bits = flat.contiguous().view(torch.uint8).to(torch.int64)
-    h = (bits * _weights_for(bits.numel(), bits.device)).sum()
-    return int(h.item())
+    return (bits * _weights_for(bits.numel(), bits.device)).sum()
 
 
 def _num(v: float):
@@ -87,18 +91,34 @@ def contents(t, fmt: str, warn):
     return tensor_full(t, warn)
 
 
-def attributes(t, fmt: str, warn) -> dict:
-    """TrainCheck's primitive tensor attributes, plus `data` and `grad` contents in `fmt`; every key every time."""
-    grad = t.grad
-    return {
-        "dtype": str(t.dtype),
-        "shape": list(t.shape),
-        "device": str(t.device),
-        "requires_grad": t.requires_grad,
-        "is_leaf": t.is_leaf,
-        "ndim": t.ndim,
-        "numel": t.numel(),
-        "is_cpu": t.is_cpu,
-        "data": contents(t, fmt, warn),
-        "grad": contents(grad, fmt, warn),
-    }
+def attributes_batch(items: list, fmt: str, warn) -> list[dict]:
+    """TrainCheck's primitive tensor attributes plus `data` and `grad` contents in `fmt`, for several tensors, with
+    every key every time. Hashes are brought to the host together: one synchronisation per device per batch."""
+    torch = _torch()
+    out, pending = [], {}  # device -> [(attrs dict, key, 0-d hash tensor)]
+    for t in items:
+        grad = t.grad
+        attrs = {
+            "dtype": str(t.dtype),
+            "shape": list(t.shape),
+            "device": str(t.device),
+            "requires_grad": t.requires_grad,
+            "is_leaf": t.is_leaf,
+            "ndim": t.ndim,
+            "numel": t.numel(),
+            "is_cpu": t.is_cpu,
+            "data": None,
+            "grad": None,
+        }
+        for key, value in (("data", t), ("grad", grad)):
+            if value is None:
+                continue
+            if fmt == "hash":
+                pending.setdefault(value.device, []).append((attrs, key, _hash_tensor(value)))
+            else:
+                attrs[key] = contents(value, fmt, warn)
+        out.append(attrs)
+    for entries in pending.values():
+        for (attrs, key, _), h in zip(entries, torch.stack([e[2] for e in entries]).tolist()):
+            attrs[key] = h
+    return out

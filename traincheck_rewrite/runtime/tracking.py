@@ -39,13 +39,13 @@ class _Tensor:
         # Kernels update BatchNorm running statistics without bumping their version counter: compare contents.
         return hash_buffers and self.is_buffer and tensors.tensor_hash(t) != self.data_hash
 
-    def seen(self, t) -> None:
+    def seen(self, t, data_hash: int | None) -> None:
         grad = t.grad
         self.version = t._version
         self.grad_id = id(grad)
         self.grad_version = grad._version if grad is not None else None
         if self.is_buffer:
-            self.data_hash = tensors.tensor_hash(t)
+            self.data_hash = data_hash if data_hash is not None else tensors.tensor_hash(t)
 
 
 class Tracker:
@@ -76,36 +76,39 @@ class Tracker:
                 self.by_ptr[entry.ptr] = entry
                 self.names_by_id[id(t)] = (var_name, entry.var_type)
                 fresh.append((entry, t))
-        for entry, t in fresh:
-            entry.seen(t)
-            emit(self.record(entry, t, "init", f"track({name})"))
+        self._write(fresh, "init", f"track({name})", emit)
 
-    def record(self, entry: _Tensor, t, mode: str, dump_loc: str) -> dict:
-        return {
-            "type": "state_change",
-            "var_name": entry.var_name,
-            "var_type": entry.var_type,
-            "mode": mode,
-            "dump_loc": dump_loc,
-            "attributes": tensors.attributes(t, self.fmt, warn_once),
-        }
+    def _write(self, pairs: list, mode: str, dump_loc: str, emit) -> None:
+        if not pairs:
+            return
+        attrs = tensors.attributes_batch([t for _, t in pairs], self.fmt, warn_once)
+        for (entry, t), a in zip(pairs, attrs):
+            entry.seen(t, a["data"] if self.fmt == "hash" else None)
+            emit(
+                {
+                    "type": "state_change",
+                    "var_name": entry.var_name,
+                    "var_type": entry.var_type,
+                    "mode": mode,
+                    "dump_loc": dump_loc,
+                    "attributes": a,
+                }
+            )
 
     def check(self, dump_loc: str, emit, hash_buffers: bool = False) -> None:
         """Write a record for every tracked tensor that changed since it was last written (buffers compared by
         content too when `hash_buffers`: around the tracked model's forward)."""
+        changed = []
         for entry in self.tensors.values():
             t = entry.ref()
             if t is not None and entry.changed(t, hash_buffers):
-                entry.seen(t)
-                emit(self.record(entry, t, "update", dump_loc))
+                changed.append((entry, t))
+        self._write(changed, "update", dump_loc, emit)
 
     def snapshot(self, dump_loc: str, emit) -> None:
         """Sampler style: every tracked tensor, changed or not."""
-        for entry in self.tensors.values():
-            t = entry.ref()
-            if t is not None:
-                entry.seen(t)
-                emit(self.record(entry, t, "sample", dump_loc))
+        pairs = [(entry, t) for entry in self.tensors.values() if (t := entry.ref()) is not None]
+        self._write(pairs, "sample", dump_loc, emit)
 
     def dirty_by_storage(self, t) -> bool:
         """An in-place call on a tensor sharing a tracked tensor's storage (`p.data.add_`, whose version counter is
