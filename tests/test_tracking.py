@@ -172,3 +172,22 @@ def test_stats_and_full_formats_in_a_run(tmp_path: Path, fmt: str):
     else:
         assert all(isinstance(d, list) and len(d) == 3 for d in data)
     assert len({str(d) for d in data}) > 5  # the values move with training
+
+
+def test_ddp_two_ranks_under_torchrun_track_the_unwrapped_model(tmp_path: Path):
+    import os
+
+    fixture = FIXTURES / "ddp"
+    env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    plain = run_plain(["bash", "run.sh"], cwd=fixture, env_extra=env)
+    traced = run_tc([str(fixture / "config.yaml")], tmp_path, cwd=fixture)
+    assert plain.returncode == 0 == traced.returncode, traced.stderr
+    assert traced.stdout == plain.stdout and "ranks agree: True" in traced.stdout
+    records = list(read_records(traced.run_dir))
+    ranks = {r["process_id"] for r in records}
+    assert len(ranks) == 2
+    for pid in ranks:
+        names = {r["var_name"] for r in records if r["type"] == "state_change" and r["process_id"] == pid}
+        assert names == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
+        steps = [r for r in records if r["process_id"] == pid and r.get("function") == "torch.optim.sgd.SGD.step"]
+        assert len(steps) == 10  # 5 pre + 5 post on each rank

@@ -214,6 +214,8 @@ def _environment(config: Config, run_dir: Path) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["TC_REWRITE_RUN_DIR"] = str(run_dir)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if config.shscript is not None:  # `python`, `torchrun` in the launcher are this interpreter's, as in an active venv
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
     return env
 
 
