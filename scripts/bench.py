@@ -59,6 +59,52 @@ def bench_workload(name: str, pairs: int) -> dict:
     }
 
 
+def micro_benchmarks(repeats: int) -> list[tuple[str, float, str]]:
+    """In-process costs: the hook per call, and model tracking per optimizer step for a ~1M-parameter model."""
+    import os
+    import timeit
+
+    import torch
+
+    from traincheck_rewrite.runtime import recorder
+    from traincheck_rewrite.runtime.tracking import Tracker
+
+    torch.set_num_threads(1)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        recorder.start(os.path.join(tmp, "traces"), ("torch",))
+        hook = recorder.hook
+        x = torch.ones(8, 8)
+        n = 20000 * repeats
+
+        def user(v):
+            return v
+
+        for label, fn, args in (
+            ("hook, call not logged (user function)", user, (1,)),
+            ("logged call, no arguments", torch.get_default_dtype, ()),
+            ("logged call, two tensor arguments", torch.add, (x, x)),
+        ):
+            per = min(timeit.repeat(lambda: hook(1, fn)(*args), number=n, repeat=3)) / n
+            out.append((label, per * 1e6, "us per call"))
+        model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Linear(1000, 24))  # 1,025,024 parameters
+        params = sum(p.numel() for p in model.parameters())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        model(torch.randn(4, 1000)).sum().backward()
+        for fmt in ("hash", "stats", "full"):
+            tracker = Tracker(fmt, "proxy")
+            tracker.track("model", model, lambda record: None)
+            times = []
+            for _ in range(3 * repeats):
+                optimizer.step()  # every parameter changes
+                start = time.perf_counter()
+                tracker.check("step", lambda record: None)
+                times.append(time.perf_counter() - start)
+            out.append((f"tracking {params:,} parameters, {fmt}", statistics.median(times) * 1e3, "ms per step"))
+        recorder._state = None
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one workload, two pairs")
@@ -69,8 +115,9 @@ def main() -> None:
     workloads = args.workload or (["mlp"] if args.quick else list(WORKLOADS))
     pairs = args.pairs or (2 if args.quick else 5)
     results = [bench_workload(w, pairs) for w in workloads]
+    micro = micro_benchmarks(1 if args.quick else 3)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"workloads": results, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro]}, indent=2))
         return
     print(f"{'workload':<12} {'plain s':>8} {'traced s':>9} {'ratio':>6} {'trace KiB':>10} {'records':>8} {'B/rec':>6}")
     for r in results:
@@ -79,6 +126,9 @@ def main() -> None:
             f"{r['trace_bytes'] / 1024:>10.1f} {r['records']:>8} {r['bytes_per_record']:>6.1f}"
         )
     print(f"(medians of {pairs} alternating pairs; python {sys.version.split()[0]})")
+    print()
+    for what, value, unit in micro:
+        print(f"{what:<48} {value:>9.2f} {unit}")
 
 
 if __name__ == "__main__":

@@ -232,3 +232,42 @@ def test_leading_try_block_takes_the_bootstrap_in_its_body():
     out = rw("try:\n    import torch\nexcept ImportError:\n    torch = None\ntorch.ones(1)\n")
     assert out.splitlines()[1] == f"    {BOOT}; import torch"
     assert "_tc_(1, torch.ones)(1)" in out
+
+
+def test_tracked_model_bindings_register_on_their_own_line():
+    from traincheck_rewrite.rewrite import Bindings
+
+    src = textwrap.dedent(
+        '''\
+        import torch
+        import torch.nn as nn
+        class Trainer:
+            def __init__(self, model):
+                """Doc."""
+                self.model = model ; self.x = 1
+        net = nn.Linear(2, 2)
+        model, opt = nn.Linear(2, 2), None
+        model: nn.Module = model.to("cpu")
+        model = torch.compile(model)
+        for model in [net]: print(model)
+        with open("x") as model:
+            pass
+        trainer = Trainer(model)
+        trainer.model = net;
+        '''
+    )
+    bindings = Bindings()
+    out = rewrite_source(src, "t.py", models=("model", "trainer.model"), bindings=bindings)
+    lines = out.splitlines()
+    assert out.count("\n") == src.count("\n")
+    assert lines[4] == '        """Doc."""; _tc_.track("model", model)'  # the docstring stays first
+    assert lines[5] == '        self.model = model ; _tc_.track("model", self.model); self.x = 1'
+    assert lines[7].endswith('None; _tc_.track("model", model)')
+    assert lines[8].endswith('("cpu"); _tc_.track("model", model)')
+    assert lines[9].endswith('; _tc_.track("model", model)')
+    assert lines[10] == 'for model in [net]: _tc_.track("model", model); print(model)'
+    assert lines[12] == '    _tc_.track("model", model); pass'
+    assert lines[14] == 'trainer.model = net;_tc_.track("trainer.model", trainer.model)'  # the binding's own `;` stays
+    assert sorted(line for _, line in bindings.found["model"]) == [4, 6, 8, 9, 10, 11, 12]
+    assert bindings.candidates == [("net", "t.py", 7)]
+    compile(out, "t.py", "exec")

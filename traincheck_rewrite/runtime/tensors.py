@@ -1,7 +1,7 @@
 """Tensor contents for state records, computed with tensor operations on the tensor's own device.
 
-`hash`: the tensor's bits read as integers, multiplied by fixed odd pseudo-random weights and summed modulo 2**64.
-A change of any single element changes the sum by (its bit difference x an odd weight), never 0 mod 2**64, so
+`hash`: the tensor's bits read as integers, multiplied by fixed odd pseudo-random weights and summed. A change of
+any single element changes its product by (its bit difference x an odd weight), never 0 modulo the word size, so
 even a one-ulp change always shows; NaN, +inf and -inf have different bits. The weights depend only on the
 position, so the hash is the same across runs and processes.
 """
@@ -12,7 +12,6 @@ import math
 import sys
 
 FULL_CAP = 100_000  # elements written by `full` before the values are cut (with one warning)
-_INT_VIEW = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
 _weights: dict = {}  # (numel, device) -> int64 weights
 
 
@@ -20,15 +19,15 @@ def _torch():
     return sys.modules["torch"]
 
 
-def _weights_for(n: int, device):
-    key = (n, str(device))
+def _weights_for(n: int, device, dtype):
+    key = (n, str(device), dtype)
     w = _weights.get(key)
     if w is None:
         torch = _torch()
         i = torch.arange(n, dtype=torch.int64, device=device)
         w = i * 6364136223846793005 + 1442695040888963407  # wraps mod 2**64 (a 64-bit LCG step)
         w = (w ^ (w >> 29)) * -4658895280553007687
-        w = (w ^ (w >> 32)) | 1  # odd
+        w = ((w ^ (w >> 32)) | 1).to(dtype)  # odd, also after truncation to 32 bits
         if len(_weights) > 256:
             _weights.clear()
         _weights[key] = w
@@ -40,7 +39,11 @@ def tensor_hash(t) -> int:
 
 
 def _hash_tensor(t):
-    """The hash as a 0-d int64 tensor on the tensor's device (no host synchronisation yet)."""
+    """The hash as a 0-d int64 tensor on the tensor's device (no host synchronisation yet).
+
+    Elements of 4 or 8 bytes are read as 32-bit words and multiplied in 32 bits (a word's change times an odd
+    weight is never 0 mod 2**32); narrower ones are widened to 64 bits first, so their products keep every bit.
+    """
     torch = _torch()
     t = t.detach()
     if t.numel() == 0:
@@ -48,14 +51,14 @@ def _hash_tensor(t):
     flat = t.reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
-    size = flat.element_size()
+    flat = flat.contiguous()
     if flat.dtype == torch.bool:
         bits = flat.to(torch.int64)
-    elif size in _INT_VIEW:
-        bits = flat.contiguous().view(getattr(torch, _INT_VIEW[size])).to(torch.int64)
+    elif flat.element_size() in (4, 8):
+        bits = flat.view(torch.int32)
     else:
-        bits = flat.contiguous().view(torch.uint8).to(torch.int64)
-    return (bits * _weights_for(bits.numel(), bits.device)).sum()
+        bits = flat.view(torch.int16 if flat.element_size() == 2 else torch.uint8).to(torch.int64)
+    return (bits * _weights_for(bits.numel(), bits.device, bits.dtype)).sum(dtype=torch.int64)
 
 
 def _num(v: float):
