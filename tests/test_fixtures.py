@@ -124,7 +124,7 @@ def test_pre_and_post_records_follow_the_schema(runs):
     assert pre["type"] == "function_call (pre)"
     assert pre["is_bound_method"] is True and isinstance(pre["obj_id"], int)
     assert list(pre["args"]) == ["0"] and "torch.optim.sgd.SGD" in pre["args"]["0"]
-    assert pre["meta_vars"] == {"step": 0} and pre["proxy_obj_names"] == []
+    assert pre["meta_vars"] == {"step": 1, "stage": "training"} and pre["proxy_obj_names"] == []
     call = next(r for r in records if r["function"] == "torch.nn.functional.cross_entropy" and "args" in r)
     tensor = call["args"]["0"]["torch.FloatTensor"]
     assert tensor["shape"] == [64, 3] and tensor["dtype"] == "torch.float32" and tensor["requires_grad"] is True

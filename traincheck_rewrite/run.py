@@ -136,7 +136,8 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
         try:
             before = len(sites.sites)
             rewritten = rewrite_source(
-                original, rel, modules=modules, sites=sites, models=tuple(config.models_to_track), bindings=bindings
+                original, rel, modules=modules, sites=sites, models=tuple(config.models_to_track),
+                meta_from=dict(config.meta_from), bindings=bindings,
             )
         except RewriteError as exc:
             if src.resolve() == script:
@@ -313,6 +314,7 @@ def collect(config: Config, *, summary: bool = False) -> int:
             "modules": list(config.modules_to_instr),
             "model_tracker_style": config.model_tracker_style,
             "tensor_dump_format": config.tensor_dump_format,
+            "meta_vars": dict(config.meta_vars),
         },
     }
     _write_json(run_dir / "run.json", info)

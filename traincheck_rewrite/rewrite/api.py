@@ -8,6 +8,7 @@ import libcst as cst
 
 from . import bootstrap
 from .calls import HOOK, CallWrapper, SiteTable
+from .loops import LoopMarker, loop_spans
 from .models import Bindings, track_models
 from .names import collect_names
 from .positions import call_spans, cst_call_spans
@@ -24,13 +25,16 @@ def rewrite_source(
     modules: tuple[str, ...] = ("torch",),
     sites: SiteTable | None = None,
     models: tuple[str, ...] = (),
+    meta_from: dict[str, str] | None = None,
     bindings: Bindings | None = None,
+    loops: bool = True,
 ) -> str | bytes:
     """Instrument `source` (text, or bytes honouring a coding cookie); returns the same type.
 
     Every original line keeps its number and its text outside the inserted code. An already instrumented source is
-    returned unchanged. `models` are the variable names whose bindings register a tracked model; what was found is
-    added to `bindings`.
+    returned unchanged. `models` are the variable names whose bindings register a tracked model, `meta_from` maps
+    meta-variable keys to the variables whose bindings set them; what was found is added to `bindings`. `loops`
+    marks loop iterations for the step counter (user code, not libraries).
     """
     text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
     if bootstrap.is_instrumented(text):
@@ -55,14 +59,23 @@ def rewrite_source(
     rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, not placeable)
     if wrapper.mismatch or wrapper.visited != len(wrapper.spans):
         rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, not placeable)
-    if models:
-        rewritten = track_models(rewritten, models, hook, filename, bindings if bindings is not None else Bindings())
+    site_base = len(sites.sites) + len(wrapper.wrapped)
+    marker = None
+    if loops:
+        marker = LoopMarker(hook, loop_spans(tree, text), site_base)
+        rewritten = rewritten.visit(marker)
+    if models or meta_from:
+        targets = {name: ("track", name) for name in models}
+        targets.update({var: ("meta", key) for key, var in (meta_from or {}).items()})
+        rewritten = track_models(rewritten, targets, hook, filename, bindings if bindings is not None else Bindings())
     if placeable:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 
     result: str | bytes = rewritten.bytes if isinstance(source, bytes) else rewritten.code
     _check(result, source, filename)
     sites.extend(filename, wrapper.wrapped)
+    if marker is not None:
+        sites.extend(filename, marker.marked)
     return result
 
 

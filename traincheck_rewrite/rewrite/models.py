@@ -1,6 +1,8 @@
-"""Register tracked models right after every binding of their names, on the binding's own line.
+"""Register tracked models (and variables captured as meta variables) right after every binding of their names, on
+the binding's own line.
 
-`model = Net()` becomes `model = Net(); _tc_.track("model", model)`; `for model in models:` and function parameters
+`model = Net()` becomes `model = Net(); _tc_.track("model", model)`, `epoch = 3` with `meta_from: {epoch: epoch}`
+becomes `epoch = 3; _tc_.meta("epoch", epoch)`; `for model in models:` and function parameters
 named `model` get the call in front of the first statement of their body (after a docstring). Bindings found, and
 assignments that look like models (for the warning when a name matches nothing), are collected in `Bindings`.
 """
@@ -43,17 +45,19 @@ def _module_classes(module: cst.Module) -> set[str]:
     return out
 
 
+_COMMA = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
 _SEMI = cst.Semicolon(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(" "))
 
 
 class ModelTracker(cst.CSTTransformer):
     METADATA_DEPENDENCIES = (PositionProvider,)
 
-    def __init__(self, names: tuple[str, ...], hook: cst.BaseExpression, filename: str, bindings: Bindings,
-                 module_classes: set[str]) -> None:
+    def __init__(self, targets: dict[str, tuple[str, str]], hook: cst.BaseExpression, filename: str,
+                 bindings: Bindings, module_classes: set[str]) -> None:
         super().__init__()
-        self.names = set(names)
-        self.leaf_names = {n for n in names if "." not in n}
+        self.targets = targets  # variable name -> (hook method, label): ("track", "model"), ("meta", "epoch")
+        self.names = set(targets)
+        self.leaf_names = {n for n in targets if "." not in n}
         self.hook = hook
         self.filename = filename
         self.bindings = bindings
@@ -75,11 +79,12 @@ class ModelTracker(cst.CSTTransformer):
         return []
 
     def _track_call(self, name: str, target: cst.BaseExpression) -> cst.Expr:
+        method, label = self.targets[name]
         return cst.Expr(
             cst.Call(
-                func=cst.Attribute(self.hook, cst.Name("track")),
+                func=cst.Attribute(self.hook, cst.Name(method)),
                 args=[
-                    cst.Arg(cst.SimpleString(f'"{name}"'), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))),
+                    cst.Arg(cst.SimpleString(f'"{label}"'), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))),
                     cst.Arg(target.with_changes(lpar=[], rpar=[]) if isinstance(target, cst.Name) else target),
                 ],
             )
@@ -139,8 +144,19 @@ class ModelTracker(cst.CSTTransformer):
         return body.with_changes(body=[new_first, *body.body[1:]])
 
     def leave_For(self, original_node, updated_node):
+        target = updated_node.target
+        if isinstance(target, cst.Name) and target.value in self.names and original_node.asynchronous is None:
+            # `for epoch in _tc_.each("meta", "epoch", it)`: each item is registered as it is bound, whatever the
+            # loop body starts with
+            self._found(target.value, original_node)
+            method, label = self.targets[target.value]
+            each = cst.Call(
+                func=cst.Attribute(self.hook, cst.Name("each")),
+                args=[cst.Arg(cst.SimpleString(f'"{method}"'), comma=_COMMA), cst.Arg(cst.SimpleString(f'"{label}"'), comma=_COMMA), cst.Arg(updated_node.iter)],
+            )
+            return updated_node.with_changes(iter=each)
         calls = []
-        for name, expr in self._match(updated_node.target):
+        for name, expr in self._match(target):
             self._found(name, original_node)
             calls.append(self._track_call(name, expr))
         return updated_node.with_changes(body=self._prefix_body(updated_node, updated_node.body, calls))
@@ -164,9 +180,10 @@ class ModelTracker(cst.CSTTransformer):
         return updated_node.with_changes(body=self._prefix_body(updated_node, updated_node.body, calls))
 
 
-def track_models(module: cst.Module, names: tuple[str, ...], hook: cst.BaseExpression, filename: str,
+def track_models(module: cst.Module, targets: dict[str, tuple[str, str]], hook: cst.BaseExpression, filename: str,
                  bindings: Bindings) -> cst.Module:
+    """Insert `_tc_.<method>("<label>", <variable>)` after each binding of each variable of `targets`."""
     from libcst.metadata import MetadataWrapper
 
-    transformer = ModelTracker(names, hook, filename, bindings, _module_classes(module))
+    transformer = ModelTracker(targets, hook, filename, bindings, _module_classes(module))
     return MetadataWrapper(module, unsafe_skip_copy=True).visit(transformer)

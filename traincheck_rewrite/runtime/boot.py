@@ -147,3 +147,5 @@ def _lazy_track(name: str, obj) -> None:
 
 
 lazy.track = _lazy_track
+for _name in ("meta", "loop", "cond", "each"):  # used after the first hook call has attached
+    setattr(lazy, _name, getattr(recorder.hook, _name))

@@ -12,3 +12,13 @@ current: dict = {"step": 0}
 def update(**values) -> None:
     global current
     current = {**current, **values}
+
+
+def discard(*keys: str) -> None:
+    global current
+    current = {k: v for k, v in current.items() if k not in keys}
+
+
+def reset(values: dict) -> None:
+    global current
+    current = dict(values)

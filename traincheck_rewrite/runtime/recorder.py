@@ -14,7 +14,8 @@ import time
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 
 from . import meta
-from .tracking import Tracker, mutates
+from .steps import Steps
+from .tracking import Tracker, _unwrap, mutates
 from .values import envelope, return_envelope, type_name
 from .writer import TraceWriter, warn_once
 
@@ -36,6 +37,8 @@ class _State:
         self.modules = modules
         self.settings = settings
         self.tracker: Tracker | None = None  # made by the first track() call
+        self.steps = Steps()
+        self.worker_check = False  # in a forked child: set worker_id once the DataLoader worker is known
         self.pid = os.getpid()
         self.id_base = self.pid * 1_000_000_000
         self.ids = itertools.count(1)
@@ -63,6 +66,7 @@ def start(trace_dir: str, modules: tuple[str, ...], settings: dict | None = None
     _class_info.clear()
     _call_info.clear()
     _state = _State(trace_dir, modules, settings or {})
+    meta.reset({**(settings or {}).get("meta_vars", {}), "step": 0, "stage": "init"})
 
 
 def _instrumented(module) -> bool:
@@ -75,10 +79,23 @@ def _instrumented(module) -> bool:
     return ok
 
 
+_ROLE_STEP, _ROLE_BACKWARD, _ROLE_CHECKPOINT, _ROLE_DIST_INIT, _ROLE_NEW_OPTIMIZER = 1, 2, 3, 4, 5
+_ROLES = {
+    "torch._tensor.Tensor.backward": _ROLE_BACKWARD,
+    "torch.autograd.backward": _ROLE_BACKWARD,
+    "torch.serialization.save": _ROLE_CHECKPOINT,
+    "torch.serialization.load": _ROLE_CHECKPOINT,
+    "torch.distributed.distributed_c10d.init_process_group": _ROLE_DIST_INIT,
+}
+
+
 def _info(name: str, bound: bool) -> tuple:
-    """(function name, is_bound_method, ends a training step, can change model state)."""
-    boundary = name.startswith("torch.optim.") and name.endswith(".step")
-    return (name, bound, boundary, mutates(name))
+    """(function name, is_bound_method, ends a training step, can change model state, role for steps/stage)."""
+    boundary = name.startswith("torch.optim.") and name.endswith(".step") and "lr_scheduler" not in name
+    role = _ROLE_STEP if boundary else _ROLES.get(name, 0)
+    if not bound and name.startswith("torch.optim.") and "lr_scheduler" not in name and name.rsplit(".", 1)[1][:1].isupper():
+        role = _ROLE_NEW_OPTIMIZER
+    return (name, bound, boundary, mutates(name), role)
 
 
 def _class_path(cls: type) -> str:
@@ -233,7 +250,14 @@ def _emit_state(record: dict) -> None:
         local.var_writer = _new_writer("VAR", tid)
     now = _now()
     record.update(time=now, process_id=_state.pid, thread_id=tid, meta_vars=meta.current)
-    local.var_writer.append(record, now)
+    _append(local.var_writer, record, now)
+
+
+def _append(writer: TraceWriter, record: dict, now: int) -> None:
+    """Write, unless the step counter holds this thread's records until the training loop is known."""
+    steps = _state.steps
+    if steps.held is None or not steps.hold(writer, record, now):
+        writer.append(record, now)
 
 
 def track(name: str, obj) -> None:
@@ -245,11 +269,76 @@ def track(name: str, obj) -> None:
         if state.tracker is None:
             state.tracker = Tracker(state.settings.get("tensor_dump_format", "hash"), state.settings.get("model_tracker_style", "proxy"))
         state.tracker.track(name, obj, _emit_state)
+        root = _unwrap(obj)
+        if hasattr(root, "training"):
+            state.steps.roots[id(root)] = root
     except Exception as exc:
         _recorder_error(exc)
 
 
+def set_meta(key: str, value) -> None:
+    """What `_tc_.meta("epoch", epoch)` runs after each binding of a variable named in `meta_from`."""
+    state = _state
+    if state is None or _compiling():
+        return
+    if not (value is None or type(value) in (int, float, str, bool)):
+        value = repr(value)[:200]
+    if key == "step":
+        state.steps.set_user_step(value)
+    meta.update(**{key: value})
+
+
+def loop(site: int, iterable):
+    """What `for x in _tc_.loop(site, it)` iterates: `it`, telling the step counter where each iteration starts."""
+    if _state is None:
+        return iterable
+    return _iterations(site, iterable)
+
+
+def _iterations(site: int, iterable):
+    steps = _state.steps
+    try:
+        for item in iterable:
+            steps.iteration(site, time.monotonic_ns())
+            yield item
+    finally:
+        if _state is not None:
+            _state.steps.loop_end(site)
+
+
+def cond(site: int, value):
+    """What `while _tc_.cond(site, c)` tests: `c`, telling the step counter where each iteration starts."""
+    state = _state
+    if state is not None:
+        try:
+            if value:
+                state.steps.iteration(site, time.monotonic_ns())
+            else:
+                state.steps.loop_end(site)
+        except Exception as exc:
+            _recorder_error(exc)
+    return value
+
+
+def each(method: str, label: str, iterable):
+    """What `for epoch in _tc_.each("meta", "epoch", it)` iterates: `it`, registering each item as it is bound."""
+    if _state is None:
+        return iterable
+    register = track if method == "track" else set_meta
+    return _registered(register, label, iterable)
+
+
+def _registered(register, label: str, iterable):
+    for item in iterable:
+        register(label, item)
+        yield item
+
+
 hook.track = track
+hook.each = each
+hook.meta = set_meta
+hook.loop = loop
+hook.cond = cond
 
 
 def _checks_state(tracker: Tracker, info: tuple, owner) -> bool:
@@ -282,7 +371,13 @@ def _logged(ctx, *args, **kwargs):
     check = False
     try:
         writer, stack, tid = _thread()
-        name, bound, boundary, _ = info
+        name, bound, boundary, _, role = info
+        steps = state.steps
+        if role:
+            _role_before(state, role)
+        if state.worker_check:
+            _worker_meta(state)
+        steps.refresh()
         proxies = _NO_PROXIES
         if tracker is not None:
             proxies = tracker.proxy_names(owner, args)
@@ -297,7 +392,8 @@ def _logged(ctx, *args, **kwargs):
         else:
             arg_env = {str(i): envelope(a) for i, a in enumerate(args)}
         now = _now()
-        writer.append(
+        _append(
+            writer,
             {
                 "type": PRE,
                 "func_call_id": call_id,
@@ -325,15 +421,54 @@ def _logged(ctx, *args, **kwargs):
     except BaseException as exc:
         _state_inside(tracker, check, boundary, name)
         _close(stack, writer, tid, call_id, name, _exception_record(exc))
+        if role:
+            _role_after(state, role)
         raise
     _state_inside(tracker, check, boundary, name)
     _close(stack, writer, tid, call_id, name, None, result)
+    if role:
+        _role_after(state, role)
     if boundary:
         writer.flush()
         var_writer = state.local.var_writer
         if var_writer is not None:
             var_writer.flush()
     return result
+
+
+def _role_before(state: _State, role: int) -> None:
+    steps = state.steps
+    if role == _ROLE_STEP:
+        steps.optimizer_step()
+    elif role == _ROLE_BACKWARD:
+        steps.backward()
+    elif role == _ROLE_CHECKPOINT:
+        steps.checkpointing += 1
+    elif role == _ROLE_NEW_OPTIMIZER:
+        steps.optimizer_made = True
+
+
+def _role_after(state: _State, role: int) -> None:
+    """After the post record: a checkpoint call's pre and post records both say `checkpointing`."""
+    try:
+        if role == _ROLE_CHECKPOINT:
+            state.steps.checkpointing -= 1
+        elif role == _ROLE_DIST_INIT:
+            dist = sys.modules["torch.distributed"]
+            if dist.is_initialized():
+                rank = dist.get_rank()
+                meta.update(rank=rank, world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", rank)))
+    except Exception as exc:
+        _recorder_error(exc)
+
+
+def _worker_meta(state: _State) -> None:
+    """In a forked DataLoader worker, the worker's id, once torch says which worker this is."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    if info is not None:
+        meta.update(worker_id=info.id)
+        state.worker_check = False
 
 
 def _state_inside(tracker: Tracker | None, check: bool, boundary: bool, name: str) -> None:
@@ -364,6 +499,7 @@ def _close(stack, writer, tid, call_id, name, exc_fields, result=None) -> None:
     if state is None:
         return
     try:
+        state.steps.refresh()
         now = _now()
         record = {
             "type": EXC if exc_fields is not None else POST,
@@ -379,7 +515,7 @@ def _close(stack, writer, tid, call_id, name, exc_fields, result=None) -> None:
             record.update(exc_fields)
         else:
             record["return_values"] = return_envelope(result)
-        writer.append(record, now)
+        _append(writer, record, now)
     except Exception as exc:
         _recorder_error(exc)
 
@@ -392,6 +528,8 @@ def flush_all(close: bool = False) -> None:
     state = _state
     if state is None:
         return
+    if state.steps.held is not None:
+        state.steps.release(None)
     with state.lock:
         writers = list(state.writers)
     for w in writers:
@@ -413,6 +551,7 @@ def after_fork_in_child() -> None:
     for writer in parent.writers:
         writer.abandon()
     _state = _State(parent.trace_dir, parent.modules, parent.settings)
+    _state.worker_check = True
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
         # A multiprocessing child clears its finalizers, then runs its after-fork callbacks: register from there.

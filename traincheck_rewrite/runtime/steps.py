@@ -1,0 +1,179 @@
+"""The `step` and `stage` meta variables, from what the program does.
+
+The rewriter marks every loop iteration (`_tc_.loop`, `_tc_.cond`). The training loop is the innermost loop with an
+iteration running when the first optimizer step starts (or, in a program that makes no optimizer, the innermost loop whose
+iteration ran `backward`). `step` is 0 before it, 1 from its first iteration, and goes up by one at each start of
+one of its iterations that follows an optimizer step, across re-entries (epochs): so micro-batch iterations of
+gradient accumulation, several optimizers and LBFGS closures all count once per optimizer step, and what an
+iteration does after `optimizer.step()` keeps that iteration's step. Until the training loop is known, records made
+inside loops are held in memory (at most 2 s or 20,000 records); when it becomes known, those since the start of its
+first iteration get step 1 and stage `training`, then all are written.
+
+`stage` is `checkpointing` inside `torch.save`/`torch.load`; else, once training has started, `training` with grad
+enabled and tracked models in train mode and `evaluation` otherwise; before that, `evaluation` for loops run without
+grad or with a tracked model in eval mode, and `init` for everything else (a `@torch.no_grad()` setup function
+included).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from . import meta
+
+HOLD_LIMIT = 20_000  # records held before giving up on relabelling them (an inference loop never finds training)
+HOLD_NS = 2_000_000_000
+
+
+class _Iteration:
+    __slots__ = ("loop", "start", "loop_start", "backward")
+
+    def __init__(self, loop: int, start: int, loop_start: int) -> None:
+        self.loop, self.start, self.loop_start, self.backward = loop, start, loop_start, False
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.training_loop: int | None = None
+        self.step = 0
+        self.eval_step = 0
+        self.user_step = False
+        self.optimizer_seen = False
+        self.optimizer_made = False  # while an optimizer exists, its step (not backward) defines the training loop
+        self.stepped = False  # an optimizer step (or, without optimizer, a backward) since step last went up
+        self.checkpointing = 0
+        self.local = threading.local()
+        self.held: list | None = None  # [(writer, record, time)] of the holding thread
+        self.holder: int | None = None
+        self.hold_since = 0
+        self.roots: dict = {}  # id -> tracked root module, for train/eval mode
+        self._grad_enabled = None
+
+    def _stack(self) -> list[_Iteration]:
+        try:
+            return self.local.stack
+        except AttributeError:
+            self.local.stack = []
+            return self.local.stack
+
+    # --- events -----------------------------------------------------------------------------------------------
+
+    def iteration(self, loop: int, now: int) -> None:
+        stack = self._stack()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].loop == loop:
+                for inner in stack[i + 1 :]:
+                    self._ended(inner)
+                del stack[i + 1 :]
+                self._ended(stack[i])
+                stack[i] = _Iteration(loop, now, stack[i].loop_start)
+                break
+        else:
+            stack.append(_Iteration(loop, now, now))
+        if loop == self.training_loop:
+            if self.stepped and not self.user_step:
+                self.step += 1
+                self.stepped = False
+                meta.update(step=self.step)
+        elif self.training_loop is not None and self.stage() == "evaluation":
+            self.eval_step += 1
+            meta.update(eval_step=self.eval_step)
+        if self.training_loop is None and not self.user_step and self.held is None:
+            self.held, self.holder, self.hold_since = [], threading.get_ident(), now
+
+    def loop_end(self, loop: int) -> None:
+        stack = self._stack()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].loop == loop:
+                for it in stack[i:]:
+                    self._ended(it)
+                del stack[i:]
+                break
+        if not stack and self.held is not None and self.holder == threading.get_ident():
+            self.release(None)  # the outermost loop ended without training: nothing to relabel
+
+    def _ended(self, it: _Iteration) -> None:
+        """End of an iteration: with no optimizer at all, a loop whose iteration ran backward is the training loop."""
+        if self.training_loop is None and not self.optimizer_made and it.backward and not self.user_step:
+            self._found(it)
+
+    def optimizer_step(self) -> None:
+        self.optimizer_seen = self.optimizer_made = True
+        self.stepped = True
+        stack = self._stack()
+        if self.training_loop is None and stack and not self.user_step:
+            self._found(stack[-1])
+
+    def backward(self) -> None:
+        stack = self._stack()
+        if stack:
+            stack[-1].backward = True
+        if not self.optimizer_seen and self.training_loop is not None:
+            self.stepped = True  # no optimizer: an iteration that ran backward is a training iteration
+
+    def _found(self, it: _Iteration) -> None:
+        self.training_loop = it.loop
+        self.step = 1
+        self.stepped = self.stepped or (not self.optimizer_seen and it.backward)
+        meta.update(step=1, stage=self.stage())
+        self.release(it.loop_start)
+
+    def set_user_step(self, value) -> None:
+        """A step counter the program keeps itself (meta_from: {step: ...}) wins over the automatic one."""
+        self.user_step = True
+        self.step = value
+        if self.held is not None:
+            self.release(None)
+
+    # --- held records -----------------------------------------------------------------------------------------
+
+    def hold(self, writer, record: dict, now: int) -> bool:
+        """Keep a record of the holding thread until the training loop is known; False: write it now."""
+        held = self.held
+        if held is None or self.holder != threading.get_ident():
+            return False
+        held.append((writer, record, now))
+        if len(held) >= HOLD_LIMIT or now - self.hold_since > HOLD_NS:
+            self.release(None)
+        return True
+
+    def release(self, since: int | None) -> None:
+        """Write the held records; those from `since` on were in the first training iteration: step 1, training."""
+        held, self.held, self.holder = self.held, None, None
+        if not held:
+            return
+        relabelled: dict[int, dict] = {}
+        for writer, record, now in held:
+            if since is not None and now >= since:
+                old = record["meta_vars"]
+                if old.get("step", 0) == 0:
+                    new = relabelled.get(id(old))
+                    if new is None:
+                        new = relabelled[id(old)] = {**old, "step": 1, "stage": "training" if old.get("stage") == "init" else old.get("stage")}
+                    record["meta_vars"] = new
+            writer.append(record, now)
+
+    # --- stage ------------------------------------------------------------------------------------------------
+
+    def stage(self) -> str:
+        if self.checkpointing:
+            return "checkpointing"
+        grad_enabled = self._grad_enabled
+        if grad_enabled is None:
+            torch = sys.modules.get("torch")
+            if torch is None:
+                return "init"
+            grad_enabled = self._grad_enabled = torch.is_grad_enabled
+        train_mode = all(m.training for m in self.roots.values())
+        if self.training_loop is not None:
+            return "training" if grad_enabled() and train_mode else "evaluation"
+        if self._stack() and not (grad_enabled() and train_mode):
+            return "evaluation"
+        return "init"
+
+    def refresh(self) -> None:
+        """Bring meta.current's stage up to date (cheap when it has not changed)."""
+        stage = self.stage()
+        if meta.current.get("stage") != stage:
+            meta.update(stage=stage)
