@@ -265,7 +265,7 @@ def test_tracked_model_bindings_register_on_their_own_line():
     assert lines[7].endswith('None; _tc_.track("model", model)')
     assert lines[8].endswith('("cpu"); _tc_.track("model", model)')
     assert lines[9].endswith('; _tc_.track("model", model)')
-    assert lines[10] == 'for model in _tc_.loop(5, _tc_.each("track", "model", [net])): print(model)'
+    assert lines[10] == 'for model in _tc_.each("track", "model", _tc_.loop(5, [net])): print(model)'
     assert lines[12] == '    _tc_.track("model", model); pass'
     assert lines[14] == 'trainer.model = net;_tc_.track("trainer.model", trainer.model)'  # the binding's own `;` stays
     assert sorted(line for _, line in bindings.found["model"]) == [4, 6, 8, 9, 10, 11, 12]
