@@ -110,3 +110,10 @@ def test_rank_and_world_size_on_every_record_of_each_rank(tmp_path: Path):
     }
     late = [r for r in records if r["time"] > init_done[r["process_id"]] and "rank" not in r["meta_vars"]]
     assert late == []
+
+
+def test_eval_step_counts_evaluation_iterations(tmp_path: Path):
+    _, records = _run(tmp_path, "epoch_batch", "--models-to-track", "model")
+    evaluation = [r for e, r in _marks(records) if r["meta_vars"]["stage"] == "evaluation"]
+    assert [r["meta_vars"]["eval_step"] for r in evaluation] == [1, 2, 3, 4, 5, 6]
+    assert all(r["meta_vars"]["step"] in (4, 8, 12) for r in evaluation)

@@ -65,6 +65,7 @@ def start(trace_dir: str, modules: tuple[str, ...], settings: dict | None = None
     _method_info.clear()
     _class_info.clear()
     _call_info.clear()
+    _function_info.clear()
     _state = _State(trace_dir, modules, settings or {})
     meta.reset({**(settings or {}).get("meta_vars", {}), "step": 0, "stage": "init"})
 
@@ -125,6 +126,14 @@ def _method(cls: type, name: str):
 
 
 _local_paths: dict = {}
+_function_info: dict = {}  # instrumented function object -> info
+
+
+def _cache_function(fn, info: tuple) -> tuple:
+    if len(_function_info) > 50_000:  # functions made at run time (closures) must not pile up
+        _function_info.clear()
+    _function_info[fn] = info
+    return info
 
 
 def _function_path(fn) -> str:
@@ -145,21 +154,30 @@ def lookup(fn):
     """(info, self) when `fn` is an instrumented API, else None."""
     t = type(fn)
     if t is FunctionType:
-        if _instrumented(fn.__module__):
-            return _info(_function_path(fn), False), None
-        return None
+        info = _function_info.get(fn)
+        if info is None:
+            if not _instrumented(fn.__module__):
+                return None  # decided by module name: user functions made in a loop are not kept alive here
+            info = _cache_function(fn, _info(_function_path(fn), False))
+        return info, None
     if t is MethodType:
         func = fn.__func__
-        if _instrumented(getattr(func, "__module__", None)):
-            return _info(_function_path(func), True), fn.__self__
-        return None
+        info = _function_info.get(func)
+        if info is None:
+            if not _instrumented(getattr(func, "__module__", None)):
+                return None
+            info = _cache_function(func, _info(_function_path(func), True))
+        return info, fn.__self__
     if t is BuiltinFunctionType:  # also bound C methods
         owner = fn.__self__
         if owner is None or type(owner) is ModuleType:
-            module = fn.__module__ or getattr(owner, "__name__", None)
-            if _instrumented(module):
-                return _info(f"{module}.{fn.__name__}", False), None
-            return None
+            info = _function_info.get(fn)
+            if info is None:
+                module = fn.__module__ or getattr(owner, "__name__", None)
+                if not _instrumented(module):
+                    return None
+                info = _cache_function(fn, _info(f"{module}.{fn.__name__}", False))
+            return info, None
         if isinstance(owner, type):
             info = _method(owner, fn.__name__)
             return (info, None) if info is not None else None

@@ -36,6 +36,7 @@ class _Iteration:
 class Steps:
     def __init__(self) -> None:
         self.training_loop: int | None = None
+        self.outer_loops: set[int] = set()  # loops around the training loop (epochs): their iterations are not evaluation
         self.step = 0
         self.eval_step = 0
         self.user_step = False
@@ -76,7 +77,7 @@ class Steps:
                 self.step += 1
                 self.stepped = False
                 meta.update(step=self.step)
-        elif self.training_loop is not None and self.stage() == "evaluation":
+        elif self.training_loop is not None and loop not in self.outer_loops and self.stage() == "evaluation":
             self.eval_step += 1
             meta.update(eval_step=self.eval_step)
         if self.training_loop is None and not self.user_step and self.held is None:
@@ -114,6 +115,7 @@ class Steps:
 
     def _found(self, it: _Iteration) -> None:
         self.training_loop = it.loop
+        self.outer_loops = {outer.loop for outer in self._stack() if outer.loop != it.loop}
         self.step = 1
         self.stepped = self.stepped or (not self.optimizer_seen and it.backward)
         meta.update(step=1, stage=self.stage())
