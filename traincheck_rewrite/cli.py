@@ -1,6 +1,6 @@
-"""`tc-rewrite`: collect a trace (the default command), or work with run folders (`trace ...`, `cache ...`).
+"""`tc-rewrite`: collect a trace (the default command), or read run folders (`trace ...`).
 
-The first argument picks the command: `trace` and `cache` start those groups; anything else is collection.
+The first argument picks the command: `trace` starts that group; anything else is collection.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ COLLECT_HELP = """Instrument a PyTorch training script, run it and write its tra
   tc-rewrite --pyscript train.py [FLAGS] [-- SCRIPT ARGS...]
 
 Config keys are the flag names with '_' for '-'. Flags given on the command line override the config file;
-arguments after '--' are appended to the config's 'args'. Other commands: 'tc-rewrite trace --help',
-'tc-rewrite cache --help'.
+arguments after '--' are appended to the config's 'args'. Reading run folders: 'tc-rewrite trace --help'.
 """
 
 
@@ -101,7 +100,7 @@ def _key_value(item: str) -> tuple[str, object]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def trace_group():
-    """Read run folders: summaries and exports."""
+    """Read run folders."""
 
 
 @trace_group.command("summary")
@@ -114,36 +113,6 @@ def trace_summary(run_dir, as_json):
     folder = _run_dir(run_dir)
     data = summarize(folder)
     click.echo(json.dumps(data, sort_keys=True) if as_json else format_summary(data))
-
-
-@trace_group.command("export")
-@click.argument("run_dir")
-@click.option("--to", "to_dir", required=True, help="Folder to write.")
-@click.option("--format", "fmt", type=click.Choice(["traincheck"]), default="traincheck", show_default=True)
-def trace_export(run_dir, to_dir, fmt):
-    """Write RUN_DIR's trace in a form another tool reads as it is."""
-    try:
-        from .trace.export import export_run
-    except ImportError:
-        raise _OneLineError("'trace export' is not available yet") from None
-    export_run(_run_dir(run_dir), Path(to_dir), fmt)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cache_group():
-    """The cache of rewritten library modules."""
-
-
-@cache_group.command("info")
-def cache_info():
-    """Where the cache is and what it holds."""
-    raise _OneLineError("'cache' is not available yet: library rewriting has not landed")
-
-
-@cache_group.command("clear")
-def cache_clear():
-    """Empty the cache."""
-    raise _OneLineError("'cache' is not available yet: library rewriting has not landed")
 
 
 def _run_dir(path: str) -> Path:
@@ -159,9 +128,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "trace":
         command, argv, prog = trace_group, argv[1:], "tc-rewrite trace"
-        meta = {}
-    elif argv and argv[0] == "cache":
-        command, argv, prog = cache_group, argv[1:], "tc-rewrite cache"
         meta = {}
     else:
         command, prog = collect_command, "tc-rewrite"
