@@ -271,3 +271,25 @@ def test_tracked_model_bindings_register_on_their_own_line():
     assert sorted(line for _, line in bindings.found["model"]) == [4, 6, 8, 9, 10, 11, 12]
     assert bindings.candidates == [("net", "t.py", 7)]
     compile(out, "t.py", "exec")
+
+
+def test_ast_positions_agree_with_libcsts_own_on_tricky_code():
+    """The fast positions (ast) and the fallback (libcst's PositionProvider) pair calls identically."""
+    import ast as _ast
+
+    import libcst as cst
+
+    from traincheck_rewrite.rewrite.positions import call_spans, cst_call_spans
+
+    src = textwrap.dedent(
+        '''\
+        @deco(a(1))
+        def f(x=g(2)):
+            return h(x)(k(3)).m(f"{n(4)!r:>{w(5)}}") if p(6) else [q(t) for t in r(7)]
+        y = (lambda: s(8))() + {u(9): v(10)}
+        z = a.b(c(d(e(11))))
+        '''
+    )
+    fast = [(s.line, s.col, s.end_line, s.end_col, s.callee) for s in call_spans(_ast.parse(src), src)]
+    slow = [(s.line, s.col, s.end_line, s.end_col, s.callee) for s in cst_call_spans(cst.parse_module(src))]
+    assert fast == slow and len(fast) == 20
