@@ -99,21 +99,6 @@ def test_rank_and_world_size_on_every_record_of_each_rank(tmp_path: Path):
     assert traced.returncode == 0, traced.stderr
     records = list(read_records(traced.run_dir))
     by_pid: dict[int, set] = {}
-    after_init = [r for r in records if r["meta_vars"].get("world_size") is not None]
-    for r in after_init:
+    for r in records:  # torchrun's environment gives them from the first record on
         by_pid.setdefault(r["process_id"], set()).add((r["meta_vars"]["rank"], r["meta_vars"]["world_size"], r["meta_vars"]["local_rank"]))
     assert sorted(v for s in by_pid.values() for v in s) == [(0, 2, 0), (1, 2, 1)]
-    init_done = {
-        r["process_id"]: r["time"]
-        for r in records
-        if r.get("function") == "torch.distributed.distributed_c10d.init_process_group" and r["type"] != "function_call (pre)"
-    }
-    late = [r for r in records if r["time"] > init_done[r["process_id"]] and "rank" not in r["meta_vars"]]
-    assert late == []
-
-
-def test_eval_step_counts_evaluation_iterations(tmp_path: Path):
-    _, records = _run(tmp_path, "epoch_batch", "--models-to-track", "model")
-    evaluation = [r for e, r in _marks(records) if r["meta_vars"]["stage"] == "evaluation"]
-    assert [r["meta_vars"]["eval_step"] for r in evaluation] == [1, 2, 3, 4, 5, 6]
-    assert all(r["meta_vars"]["step"] in (4, 8, 12) for r in evaluation)

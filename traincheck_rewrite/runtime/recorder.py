@@ -67,7 +67,18 @@ def start(trace_dir: str, modules: tuple[str, ...], settings: dict | None = None
     _call_info.clear()
     _function_info.clear()
     _state = _State(trace_dir, modules, settings or {})
-    meta.reset({**(settings or {}).get("meta_vars", {}), "step": 0, "stage": "init"})
+    meta.reset({**(settings or {}).get("meta_vars", {}), "step": 0, "stage": "init", **_launcher_ranks()})
+
+
+def _launcher_ranks() -> dict:
+    """torchrun and other launchers say the process's place in the job before torch.distributed starts."""
+    env = os.environ
+    try:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            return {"rank": int(env["RANK"]), "local_rank": int(env.get("LOCAL_RANK", env["RANK"])), "world_size": int(env["WORLD_SIZE"])}
+    except ValueError:
+        pass
+    return {}
 
 
 def _instrumented(module) -> bool:
