@@ -101,13 +101,17 @@ _ROLES = {
 }
 
 
+_STAGE_CHANGERS = (".train", ".eval", "set_grad_enabled", "inference_mode", "_set_grad_enabled")
+
+
 def _info(name: str, bound: bool) -> tuple:
-    """(function name, is_bound_method, ends a training step, can change model state, role for steps/stage)."""
+    """(function name, is_bound_method, ends a training step, can change model state, role for steps/stage,
+    can change the stage by itself: the post record then looks again)."""
     boundary = name.startswith("torch.optim.") and name.endswith(".step") and "lr_scheduler" not in name
     role = _ROLE_STEP if boundary else _ROLES.get(name, 0)
     if not bound and name.startswith("torch.optim.") and "lr_scheduler" not in name and name.rsplit(".", 1)[1][:1].isupper():
         role = _ROLE_NEW_OPTIMIZER
-    return (name, bound, boundary, mutates(name), role)
+    return (name, bound, boundary, mutates(name), role, bool(role) or name.endswith(_STAGE_CHANGERS))
 
 
 def _class_path(cls: type) -> str:
@@ -400,7 +404,7 @@ def _logged(ctx, *args, **kwargs):
     check = False
     try:
         writer, stack, tid = _thread()
-        name, bound, boundary, _, role = info
+        name, bound, boundary, _, role, restage = info
         steps = state.steps
         if role:
             _role_before(state, role)
@@ -449,12 +453,12 @@ def _logged(ctx, *args, **kwargs):
         result = fn(*args, **kwargs)
     except BaseException as exc:
         _state_inside(tracker, check, boundary, name)
-        _close(stack, writer, tid, call_id, name, _exception_record(exc))
+        _close(stack, writer, tid, call_id, name, restage, _exception_record(exc))
         if role:
             _role_after(state, role)
         raise
     _state_inside(tracker, check, boundary, name)
-    _close(stack, writer, tid, call_id, name, None, result)
+    _close(stack, writer, tid, call_id, name, restage, None, result)
     if role:
         _role_after(state, role)
     if boundary:
@@ -521,14 +525,15 @@ def _exception_record(exc: BaseException) -> dict:
     return {"exception": type_name(type(exc)), "exception_msg": msg[:1000]}
 
 
-def _close(stack, writer, tid, call_id, name, exc_fields, result=None) -> None:
+def _close(stack, writer, tid, call_id, name, restage, exc_fields, result=None) -> None:
     if stack and stack[-1] == call_id:
         stack.pop()
     state = _state
     if state is None:
         return
     try:
-        state.steps.refresh()
+        if restage:
+            state.steps.refresh()
         now = _now()
         record = {
             "type": EXC if exc_fields is not None else POST,
