@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -130,7 +131,7 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
         dst.parent.mkdir(parents=True, exist_ok=True)
         rel = src.resolve().relative_to(root).as_posix() if src.resolve().is_relative_to(root) else src.name
         if src.suffix != ".py":
-            shutil.copy2(src, dst)
+            _copy(src, dst)
             continue
         original = src.read_bytes()
         try:
@@ -143,11 +144,11 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
             if src.resolve() == script:
                 raise
             _say(f"note: {exc}; copied unchanged")
-            shutil.copy2(src, dst)
+            _copy(src, dst)
             report.append({"file": rel, "wrapped_calls": 0, "error": str(exc)})
             continue
         dst.write_bytes(rewritten)
-        shutil.copymode(src, dst)
+        _copy_mode(src, dst)
         report.append({"file": rel, "wrapped_calls": len(sites.sites) - before})
         diffs.extend(_diff(original, rewritten, rel))
     _warn_untracked(config, bindings)
@@ -164,6 +165,22 @@ def _warn_untracked(config: Config, bindings: Bindings) -> None:
         seen = sorted({f"{target} ({file}:{line})" for target, file, line in bindings.candidates})
         hint = f"; bindings that look like models: {', '.join(seen)}" if seen else "; no binding looks like a model"
         _say(f"warning: models_to_track: '{name}' is never bound in the instrumented files, so it is not tracked{hint}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _copy_mode(src: Path, dst: Path) -> None:
+    """The source's permission bits (an executable stays executable), within the user's umask."""
+    os.chmod(dst, stat.S_IMODE(src.stat().st_mode) & ~_umask())
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    _copy_mode(src, dst)
 
 
 def _diff(original: bytes, rewritten: bytes, rel: str) -> list[str]:
@@ -332,8 +349,12 @@ def collect(config: Config, *, summary: bool = False) -> int:
         code = 127
     ended = time.time()
     recovered = seal(run_dir)
+    incomplete = (run_dir / "traces" / "INCOMPLETE").exists()
+    if incomplete:
+        _say("warning: the trace is incomplete: a trace file could not be written (see the program's warning)")
     info.update(
         status="finished",
+        trace_complete=not incomplete,
         ended=_dt.datetime.fromtimestamp(ended).isoformat(timespec="seconds"),
         duration_s=round(ended - started, 3),
         exit_code=code,

@@ -38,7 +38,7 @@ class _State:
         self.settings = settings
         self.tracker: Tracker | None = None  # made by the first track() call
         self.steps = Steps()
-        self.worker_check = False  # in a forked child: set worker_id once the DataLoader worker is known
+        self.worker_check = 0  # in a child process: tries left to learn its DataLoader worker id
         self.pid = os.getpid()
         self.id_base = self.pid * 1_000_000_000
         self.ids = itertools.count(1)
@@ -67,6 +67,8 @@ def start(trace_dir: str, modules: tuple[str, ...], settings: dict | None = None
     _call_info.clear()
     _function_info.clear()
     _state = _State(trace_dir, modules, settings or {})
+    if "multiprocessing.spawn" in sys.modules:  # started by spawn_main before the script: a spawned child
+        _state.worker_check = _WORKER_TRIES
     meta.reset({**(settings or {}).get("meta_vars", {}), "step": 0, "stage": "init", **_launcher_ranks()})
 
 
@@ -495,13 +497,19 @@ def _role_after(state: _State, role: int) -> None:
         _recorder_error(exc)
 
 
+_WORKER_TRIES = 1000
+
+
 def _worker_meta(state: _State) -> None:
-    """In a forked DataLoader worker, the worker's id, once torch says which worker this is."""
+    """In a child process, the DataLoader worker's id, once torch says which worker this is (a child that is no
+    DataLoader worker stops asking after a while)."""
     data = sys.modules.get("torch.utils.data")
     info = data.get_worker_info() if data is not None else None
     if info is not None:
         meta.update(worker_id=info.id)
-        state.worker_check = False
+        state.worker_check = 0
+    else:
+        state.worker_check -= 1
 
 
 def _state_inside(tracker: Tracker | None, check: bool, boundary: bool, name: str) -> None:
@@ -585,7 +593,7 @@ def after_fork_in_child() -> None:
     for writer in parent.writers:
         writer.abandon()
     _state = _State(parent.trace_dir, parent.modules, parent.settings)
-    _state.worker_check = True
+    _state.worker_check = _WORKER_TRIES
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
         # A multiprocessing child clears its finalizers, then runs its after-fork callbacks: register from there.

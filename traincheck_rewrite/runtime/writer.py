@@ -21,6 +21,7 @@ SPILL_BYTES = 4 << 20
 FLUSH_AT = SPILL_BYTES // 2
 FLUSH_AGE_NS = 500_000_000
 FRAME_BYTES = 1 << 20
+INCOMPLETE = "INCOMPLETE"  # made in the trace folder when a writer gave up
 _DUMPS = orjson.dumps
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
@@ -133,7 +134,15 @@ class TraceWriter:
 
     def _fail(self, exc: Exception) -> None:
         self.failed = True
-        warn_once(f"trace file {self.path} cannot be written ({type(exc).__name__}: {exc}); tracing stops for it")
+        warn_once(
+            f"trace files in {os.path.dirname(self.path)} cannot be written ({type(exc).__name__}: {exc}); "
+            "the program runs on, and what could not be written is missing from the trace",
+            key="write",
+        )
+        try:  # an empty marker needs no data blocks: it can be made when the disk is full
+            os.close(os.open(os.path.join(os.path.dirname(self.path), INCOMPLETE), os.O_WRONLY | os.O_CREAT, 0o666))
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Flush and close the frame; the spill file goes once everything is in the trace file."""
@@ -161,10 +170,12 @@ class TraceWriter:
 _warned: set[str] = set()
 
 
-def warn_once(message: str) -> None:
-    if message in _warned:
+def warn_once(message: str, key: str | None = None) -> None:
+    """One line on stderr, once per process for each message (or each `key`)."""
+    key = key or message
+    if key in _warned:
         return
-    _warned.add(message)
+    _warned.add(key)
     try:
         sys.stderr.write(f"traincheck_rewrite: warning: {message}\n")
         sys.stderr.flush()
