@@ -190,3 +190,44 @@ def test_a_huge_config_value_is_refused_cleanly(tmp_path: Path):
     (tmp_path / "cfg.yaml").write_text("pyscript: train.py\nmodels_to_track: [" + ", ".join(f"m{i}" for i in range(50000)) + "]\nbogus: 1\n")
     proc = subprocess.run([sys.executable, "-m", "traincheck_rewrite", "cfg.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "unknown key 'bogus'" in proc.stderr
+
+
+def test_an_exception_closes_every_open_call_with_an_exception_record(tmp_path: Path):
+    script = tmp_path / "boom.py"
+    script.write_text(
+        "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+        "class Net(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return F.linear(x, torch.ones(3, 5))\n"
+        "model = Net()\n"
+        "for step in range(3):\n"
+        "    model(torch.ones(2, 4 if step == 2 else 5))\n"
+    )
+    plain = run_plain([sys.executable, str(script)], cwd=tmp_path)
+    traced = run_tc(["--pyscript", str(script)], tmp_path / "out", cwd=tmp_path)
+    assert traced.returncode == plain.returncode == 1
+    assert traced.program_stderr.splitlines()[-1] == plain.stderr.splitlines()[-1]
+    records = api_records(traced.run_dir)
+    failed = [r for r in records if r["type"] == "function_call (post) (exception)"]
+    assert [r["function"] for r in failed] == ["torch._C._nn.linear", "torch.nn.modules.module.Module.__call__"]
+    assert all(r["exception"] == "RuntimeError" and "shapes" in r["exception_msg"] for r in failed)
+    pre = {r["func_call_id"] for r in records if r["type"] == "function_call (pre)"}
+    assert pre == {r["func_call_id"] for r in records if r["type"] != "function_call (pre)"}
+
+
+def test_copy_all_files_refuses_a_tree_that_would_overwrite_the_run_folders_own_files(tmp_path: Path):
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / "run.json").write_text("{}")
+    traced = run_tc(["--pyscript", str(tmp_path / "train.py"), "--copy-all-files"], tmp_path / "out", cwd=tmp_path)
+    assert traced.returncode == 2 and len(traced.stderr.splitlines()) == 1
+    assert "run.json" in traced.stderr and "copy_all_files" in traced.stderr
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_shscript_that_never_names_the_pyscript_is_refused(tmp_path: Path):
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / "run.sh").write_text("python other.py\n")
+    (tmp_path / "cfg.yaml").write_text("pyscript: train.py\nshscript: run.sh\n")
+    traced = run_tc([str(tmp_path / "cfg.yaml")], tmp_path / "out", cwd=tmp_path)
+    assert traced.returncode == 2 and len(traced.stderr.splitlines()) == 1
+    assert "no word names the pyscript train.py" in traced.stderr
