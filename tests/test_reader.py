@@ -123,3 +123,15 @@ def test_summary_counts(traces: Path, tmp_path: Path):
     assert s["exceptions"] == 1 and s["open_calls"] == 1 and s["state_changes"] == 1 and s["variables"] == 1
     assert s["max_step"] == 4 and s["stages"] == {"init": 5, "training": 1} and s["exit_code"] == 3
     assert s["processes"] == 1 and s["threads"] == 1 and s["truncated_files"] == 0
+
+
+def test_seal_keeps_the_frames_after_a_damaged_one(traces: Path):
+    from traincheck_rewrite.run import count_records
+
+    f1, f2, f3 = frame([rec(i) for i in range(10)]), frame([rec(i) for i in range(10, 20)]), frame([rec(i) for i in range(20, 30)])
+    (traces / "trace_API_1_2.log.zst").write_bytes(f1 + f2[: len(f2) // 2] + f3)
+    assert count_records(traces) == {"api": 20, "state": 0, "files": 1, "truncated_files": 1}
+    assert seal(traces) == {"sealed_files": 1, "recovered_records": 0}
+    stats = ReadStats()
+    got = [r["func_call_id"] for r in read_records(traces, stats=stats)]
+    assert got == list(range(10)) + list(range(20, 30)) and stats.truncated_files == []

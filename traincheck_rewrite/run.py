@@ -294,12 +294,13 @@ def count_records(trace_dir: Path) -> dict:
         return counts
     for path in sorted(trace_dir.glob("trace_*.log.zst")):
         counts["files"] += 1
-        lines = 0
-        for data in decompressed_chunks(path):
+        lines, torn = 0, False
+        for data in decompressed_chunks(path, resync=True):
             if data is None:
-                counts["truncated_files"] += 1
-                break
+                torn = True
+                continue
             lines += data.count(b"\n")
+        counts["truncated_files"] += torn
         counts["state" if path.name.startswith("trace_VAR_") else "api"] += lines
     return counts
 

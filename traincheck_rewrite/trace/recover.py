@@ -13,15 +13,18 @@ from .reader import _spill_for, decompressed_chunks, spill_records, trace_folder
 
 
 def _content(path: Path) -> tuple[bytes, bool]:
-    """The decodable content of a trace file, cut after its last complete line, and whether it was torn."""
-    parts, torn = [], False
-    for data in decompressed_chunks(path):
+    """The decodable content of a trace file, every frame after a damaged one included, each stretch cut after its
+    last complete line; and whether anything was torn or damaged."""
+    stretches, parts, torn = [], [], False
+    for data in decompressed_chunks(path, resync=True):
         if data is None:
             torn = True
-            break
+            stretches.append(b"".join(parts))
+            parts = []
+            continue
         parts.append(data)
-    content = b"".join(parts)
-    return content[: content.rfind(b"\n") + 1], torn
+    stretches.append(b"".join(parts))
+    return b"".join(s[: s.rfind(b"\n") + 1] for s in stretches), torn
 
 
 def _last_time(content: bytes) -> int | None:

@@ -1,4 +1,4 @@
-"""summarize(): what a run's trace holds, as a dict (`trace summary --json`) or a table."""
+"""summarize(): what a run's trace holds, as a dict (`trace summary --json`) or a table (`format_summary`)."""
 
 from __future__ import annotations
 
@@ -8,84 +8,108 @@ from pathlib import Path
 
 from .reader import ReadStats, read_records
 
+PRE = "function_call (pre)"
+POST = "function_call (post)"
+EXCEPTION = "function_call (post) (exception)"
+STATE = "state_change"
+
+
+def _exit_code(run_dir: Path):
+    """`exit_code` of the run's run.json (beside the traces folder), or None."""
+    for candidate in (run_dir / "run.json", run_dir.parent / "run.json" if run_dir.name == "traces" else None):
+        if candidate is not None and candidate.is_file():
+            try:
+                info = json.loads(candidate.read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                return None
+            return info.get("exit_code") if isinstance(info, dict) else None
+    return None
+
 
 def summarize(run_dir: str | Path) -> dict:
+    """Counts over every record of a run folder (or its traces folder); see docs/trace-format.md for the records.
+
+    api_calls: completed calls (post + exception records); functions: {function: completed calls}, most first;
+    open_calls: calls with a pre record and no post/exception; stages: {stage: records}, a record without
+    `meta_vars.stage` counting as "init"; max_step: the largest int `meta_vars.step` (0 if none)."""
+    run_dir = Path(run_dir)
     stats = ReadStats()
     functions: Counter = Counter()
     stages: Counter = Counter()
     variables: set = set()
     processes: set = set()
     threads: set = set()
-    open_calls: set = set()
+    balance: dict = {}  # func_call_id -> pres - closes, only while unbalanced (the pair is usually adjacent in time)
     state_changes = exceptions = max_step = 0
     for r in read_records(run_dir, stats=stats):
-        kind = r.get("type", "")
+        kind = r.get("type")
         pid = r.get("process_id")
         processes.add(pid)
         threads.add((pid, r.get("thread_id")))
-        meta = r.get("meta_vars") or {}
+        meta = r.get("meta_vars")
+        if not isinstance(meta, dict):
+            meta = {}
         step = meta.get("step")
-        if isinstance(step, int) and step > max_step:
+        if type(step) is int and step > max_step:
             max_step = step
-        stages[meta.get("stage", "init")] += 1
-        if kind == "function_call (pre)":
-            open_calls.add(r.get("func_call_id"))
-        elif kind.startswith("function_call (post)"):
-            open_calls.discard(r.get("func_call_id"))
-            functions[r.get("function")] += 1
-            if kind.endswith("(exception)"):
-                exceptions += 1
-        elif kind == "state_change":
+        stages[str(meta.get("stage") or "init")] += 1
+        if kind == PRE or kind == POST or kind == EXCEPTION:
+            call = r.get("func_call_id")
+            n = balance.get(call, 0) + (1 if kind == PRE else -1)
+            if n:
+                balance[call] = n
+            else:
+                del balance[call]
+            if kind != PRE:
+                functions[str(r.get("function", "<unknown>"))] += 1
+                exceptions += kind == EXCEPTION
+        elif kind == STATE:
             state_changes += 1
             variables.add(r.get("var_name"))
-    exit_code = None
-    run_json = Path(run_dir) / "run.json"
-    if run_json.is_file():
-        try:
-            exit_code = json.loads(run_json.read_text(encoding="utf-8")).get("exit_code")
-        except ValueError:
-            pass
     return {
         "records": stats.records,
         "files": stats.files,
         "api_calls": sum(functions.values()),
-        "functions": dict(functions.most_common()),
+        "functions": dict(sorted(functions.items(), key=lambda kv: (-kv[1], kv[0]))),
         "state_changes": state_changes,
         "variables": len(variables),
         "processes": len(processes),
         "threads": len(threads),
         "max_step": max_step,
-        "stages": dict(stages),
+        "stages": dict(sorted(stages.items(), key=lambda kv: (-kv[1], kv[0]))),
         "exceptions": exceptions,
-        "open_calls": len(open_calls),
+        "open_calls": sum(n for n in balance.values() if n > 0),
         "truncated_files": len(stats.truncated_files),
         "bad_lines": stats.bad_lines,
-        "exit_code": exit_code,
+        "exit_code": _exit_code(run_dir),
     }
 
 
 def format_summary(d: dict, top: int = 20) -> str:
+    """A fixed-width table: the totals, the `top` functions by completed calls, then records per stage."""
+    exit_code = d.get("exit_code")
     rows = [
         ("records", d["records"]),
         ("trace files", d["files"]),
+        ("  truncated", d["truncated_files"]),
+        ("  bad lines", d.get("bad_lines", 0)),
         ("API calls (completed)", d["api_calls"]),
         ("  raised", d["exceptions"]),
         ("  left open", d["open_calls"]),
         ("distinct functions", len(d["functions"])),
         ("state changes", d["state_changes"]),
         ("variables", d["variables"]),
-        ("processes / threads", f"{d['processes']} / {d['threads']}"),
+        ("processes", d["processes"]),
+        ("threads", d["threads"]),
         ("max step", d["max_step"]),
-        ("truncated files", d["truncated_files"]),
-        ("program exit code", d["exit_code"]),
+        ("program exit code", "-" if exit_code is None else exit_code),
     ]
-    out = [f"{name:<24} {value:>12}" for name, value in rows]
-    if d["functions"]:
-        out.append("")
-        out.append(f"{'calls':>8}  function (top {min(top, len(d['functions']))})")
-        out += [f"{count:>8}  {name}" for name, count in list(d["functions"].items())[:top]]
+    out = [f"{name:<24}{value:>12}" for name, value in rows]
+    functions = sorted(d["functions"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    if functions:
+        out += ["", f"{'calls':>12}  function (top {len(functions)} of {len(d['functions'])})"]
+        out += [f"{count:>12}  {name}" for name, count in functions]
     if d["stages"]:
-        out.append("")
-        out.append(f"{'records':>8}  stage")
-        out += [f"{count:>8}  {stage}" for stage, count in sorted(d["stages"].items(), key=lambda kv: -kv[1])]
+        out += ["", f"{'records':>12}  stage"]
+        out += [f"{count:>12}  {stage}" for stage, count in sorted(d["stages"].items(), key=lambda kv: (-kv[1], kv[0]))]
     return "\n".join(out)
