@@ -46,9 +46,9 @@ def _opt(*decls, **kw):
 @_opt("-a", "--copy-all-files", is_flag=True, help="Copy and instrument the script's whole folder.")
 @_opt("--output-dir", metavar="DIR", help="Where the run folder is made [current directory].")
 @_opt("--only-instr", is_flag=True, help="Write the run folder without running (does not import torch).")
-@_opt("-i", "--invariants", multiple=True, metavar="FILE", help="TrainCheck invariant files (selective collection).")
-@_opt("--sampling-interval", type=int, help="Record every N-th step after the warm-up.")
-@_opt("--warm-up-steps", type=int, help="Record the first N steps in full.")
+@_opt("-i", "--invariants", multiple=True, metavar="FILE", help="TrainCheck invariant files: record only what they need.")
+@_opt("--sampling-interval", type=int, help="Record every N-th step after the warm-up [1; 10 with --invariants].")
+@_opt("--warm-up-steps", type=int, help="Record the first N steps in full [1; 10 with --invariants].")
 @_opt("--tensor-dump-format", type=click.Choice(["hash", "stats", "full"]), help="[hash]")
 @_opt("--API-dump-stack-trace", "API_dump_stack_trace", is_flag=True, help="Record a stack trace per call.")
 @_opt("--use-full-instr", is_flag=True, help="Accepted for TrainCheck compatibility.")
@@ -113,6 +113,25 @@ def trace_summary(run_dir, as_json):
     folder = _run_dir(run_dir)
     data = summarize(folder)
     click.echo(json.dumps(data, sort_keys=True) if as_json else format_summary(data))
+
+
+@trace_group.command("export")
+@click.argument("run_dir")
+@click.option("--to", "to", required=True, metavar="DIR", help="New (or empty) folder to write.")
+@click.option("--format", "fmt", type=click.Choice(["traincheck"]), default="traincheck", show_default=True)
+def trace_export(run_dir, to, fmt):
+    """Write RUN_DIR's trace as a folder TrainCheck's engine reads as it is (traincheck-infer -f DIR)."""
+    from .trace.export import ExportError, export_traincheck
+
+    try:
+        stats = export_traincheck(_run_dir(run_dir), to)
+    except ExportError as exc:
+        raise _OneLineError(str(exc)) from None
+    click.echo(f"tc-rewrite: exported {stats.records} records in {stats.files} files to {to}", err=True)
+    if stats.dropped_open_calls:
+        click.echo(f"tc-rewrite: dropped {stats.dropped_open_calls} calls left open by a killed process", err=True)
+    if stats.truncated_files:
+        click.echo(f"tc-rewrite: {len(stats.truncated_files)} trace files ended torn; read up to the tear", err=True)
 
 
 def _run_dir(path: str) -> Path:

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import Config
+from .config import Config, ConfigError
+from .invariants import load_selection
 from .rewrite import Bindings, RewriteError, SiteTable, rewrite_source
 from .shscript import replace_script_words
 from .trace.reader import decompressed_chunks
@@ -305,7 +306,43 @@ def count_records(trace_dir: Path) -> dict:
     return counts
 
 
+def _sampling(config: Config) -> dict | None:
+    """Steps 1..warm_up, then every interval-th step; TrainCheck's defaults: 10 and 10 with invariants, else all."""
+    interval = config.sampling_interval or (10 if config.invariants else 1)
+    warm_up = config.warm_up_steps if config.warm_up_steps is not None else (10 if config.invariants else 1)
+    return None if interval == 1 else {"interval": interval, "warm_up": warm_up}
+
+
+def _selection(config: Config):
+    if not config.invariants:
+        return None
+    selection = load_selection(config.invariants)
+    _say(f"selective collection: {selection.describe()}")
+    outside = [f for f in selection.functions if not any(f == m or f.startswith(m + ".") for m in config.modules_to_instr)]
+    if outside:
+        _say(f"warning: {len(outside)} selected APIs are outside modules_to_instr and cannot be recorded: {', '.join(outside[:5])}")
+    if selection.variables and not config.models_to_track:
+        _say("warning: some invariants are about model state, but models_to_track is empty: they cannot be checked")
+    return selection
+
+
+def _report_unserved(selection, config: Config, run_dir: Path) -> None:
+    """Invariants this trace cannot serve: they name APIs that never got a record."""
+    from .trace.reader import read_records
+
+    logged = {r.get("function") for r in read_records(run_dir, kinds=("API",)) if r.get("type") != "function_call (pre)"}
+    count, missing = selection.unserved(logged)
+    if count:
+        hint = "" if config.rewrite_libraries else " (calls made inside library code need rewrite_libraries)"
+        _say(f"warning: {count} invariants name APIs this run never logged{hint}: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+
+
 def collect(config: Config, *, summary: bool = False) -> int:
+    try:
+        selection = _selection(config)
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return 2
     versions = {m: _distribution_version(m) for m in config.modules_to_instr}
     try:
         run_dir = _run_folder(config, versions)
@@ -333,6 +370,8 @@ def collect(config: Config, *, summary: bool = False) -> int:
             "model_tracker_style": config.model_tracker_style,
             "tensor_dump_format": config.tensor_dump_format,
             "meta_vars": dict(config.meta_vars),
+            "sampling": _sampling(config),
+            "select": selection.runtime() if selection is not None else None,
         },
     }
     _write_json(run_dir / "run.json", info)
@@ -362,6 +401,8 @@ def collect(config: Config, *, summary: bool = False) -> int:
         records={**count_records(run_dir / "traces"), **recovered},
     )
     _write_json(run_dir / "run.json", info)
+    if selection is not None:
+        _report_unserved(selection, config, run_dir)
     if summary:
         from .trace.summary import format_summary, summarize
 

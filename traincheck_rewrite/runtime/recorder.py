@@ -36,6 +36,11 @@ class _State:
         self.trace_dir = trace_dir
         self.modules = modules
         self.settings = settings
+        sampling = settings.get("sampling")
+        self.sampling = (sampling["warm_up"], sampling["interval"]) if sampling else None
+        select = settings.get("select")
+        self.select: dict | None = select["functions"] if select else None  # API name -> record its arguments
+        self.track_state = not select or select["variables"]
         self.tracker: Tracker | None = None  # made by the first track() call
         self.steps = Steps()
         self.worker_check = 0  # in a child process: tries left to learn its DataLoader worker id
@@ -70,6 +75,8 @@ def start(trace_dir: str, modules: tuple[str, ...], settings: dict | None = None
     if "multiprocessing.spawn" in sys.modules:  # started by spawn_main before the script: a spawned child
         _state.worker_check = _WORKER_TRIES
     meta.reset({**(settings or {}).get("meta_vars", {}), "step": 0, "stage": "init", **_launcher_ranks()})
+    if _state.sampling is not None:
+        _state.steps.before_next_step = _closing_skipped_steps
 
 
 def _launcher_ranks() -> dict:
@@ -106,14 +113,21 @@ _ROLES = {
 _STAGE_CHANGERS = (".train", ".eval", "set_grad_enabled", "inference_mode", "_set_grad_enabled")
 
 
-def _info(name: str, bound: bool) -> tuple:
+def _info(name: str, bound: bool) -> tuple | None:
     """(function name, is_bound_method, ends a training step, can change model state, role for steps/stage,
-    can change the stage by itself: the post record then looks again)."""
+    can change the stage by itself: the post record then looks again, gets records, records its arguments);
+    None for a call that is neither selected (`--invariants`) nor needed by the step counter."""
     boundary = name.startswith("torch.optim.") and name.endswith(".step") and "lr_scheduler" not in name
     role = _ROLE_STEP if boundary else _ROLES.get(name, 0)
     if not bound and name.startswith("torch.optim.") and "lr_scheduler" not in name and name.rsplit(".", 1)[1][:1].isupper():
         role = _ROLE_NEW_OPTIMIZER
-    return (name, bound, boundary, mutates(name), role, bool(role) or name.endswith(_STAGE_CHANGERS))
+    logged = dump_args = True
+    if _state.select is not None:
+        selected = _state.select.get(name)
+        if selected is None and not role:
+            return None
+        logged, dump_args = selected is not None, bool(selected)
+    return (name, bound, boundary, mutates(name), role, bool(role) or name.endswith(_STAGE_CHANGERS), logged, dump_args)
 
 
 def _class_path(cls: type) -> str:
@@ -146,10 +160,11 @@ _local_paths: dict = {}
 _function_info: dict = {}  # instrumented function object -> info
 
 
-def _cache_function(fn, info: tuple) -> tuple:
+def _cache_function(fn, info: tuple | None):
+    """Remember `fn`'s info; False stands for "not logged" (None is "not looked up yet")."""
     if len(_function_info) > 50_000:  # functions made at run time (closures) must not pile up
         _function_info.clear()
-    _function_info[fn] = info
+    _function_info[fn] = info or False
     return info
 
 
@@ -176,7 +191,7 @@ def lookup(fn):
             if not _instrumented(fn.__module__):
                 return None  # decided by module name: user functions made in a loop are not kept alive here
             info = _cache_function(fn, _info(_function_path(fn), False))
-        return info, None
+        return (info, None) if info else None
     if t is MethodType:
         func = fn.__func__
         info = _function_info.get(func)
@@ -184,7 +199,7 @@ def lookup(fn):
             if not _instrumented(getattr(func, "__module__", None)):
                 return None
             info = _cache_function(func, _info(_function_path(func), True))
-        return info, fn.__self__
+        return (info, fn.__self__) if info else None
     if t is BuiltinFunctionType:  # also bound C methods
         owner = fn.__self__
         if owner is None or type(owner) is ModuleType:
@@ -194,7 +209,7 @@ def lookup(fn):
                 if not _instrumented(module):
                     return None
                 info = _cache_function(fn, _info(f"{module}.{fn.__name__}", False))
-            return info, None
+            return (info, None) if info else None
         if isinstance(owner, type):
             info = _method(owner, fn.__name__)
             return (info, None) if info is not None else None
@@ -301,9 +316,10 @@ def track(name: str, obj) -> None:
     if state is None or _compiling():
         return
     try:
-        if state.tracker is None:
-            state.tracker = Tracker(state.settings.get("tensor_dump_format", "hash"), state.settings.get("model_tracker_style", "proxy"))
-        state.tracker.track(name, obj, _emit_state)
+        if state.track_state:  # off when no selected invariant is about model state
+            if state.tracker is None:
+                state.tracker = Tracker(state.settings.get("tensor_dump_format", "hash"), state.settings.get("model_tracker_style", "proxy"))
+            state.tracker.track(name, obj, _emit_state)
         root = _unwrap(obj)
         if hasattr(root, "training"):
             state.steps.roots[id(root)] = root
@@ -403,16 +419,28 @@ def _logged(ctx, *args, **kwargs):
     if state is None:
         return fn(*args, **kwargs)
     tracker = state.tracker
-    check = False
+    check = skip = False
     try:
         writer, stack, tid = _thread()
-        name, bound, boundary, _, role, restage = info
+        name, bound, boundary, _, role, restage, logged, dump_args = info
         steps = state.steps
         if role:
             _role_before(state, role)
         if state.worker_check:
             _worker_meta(state)
         steps.refresh()
+        skip = state.sampling is not None and not _sampled(state.sampling)
+        if not skip and not logged:  # not selected: no API records, but what it changes is recorded inside it
+            check = tracker is not None and _checks_state(tracker, info, owner)
+            if check:
+                tracker.check(f"before {name}", _emit_state, name == _MODULE_CALL)
+            skip = True
+    except Exception as exc:
+        _recorder_error(exc)
+        return fn(*args, **kwargs)
+    if skip:
+        return _unrecorded(state, role, fn, args, kwargs, check and name)
+    try:
         proxies = _NO_PROXIES
         if tracker is not None:
             proxies = tracker.proxy_names(owner, args)
@@ -420,12 +448,16 @@ def _logged(ctx, *args, **kwargs):
             if check:  # changes made since the last record by code that is not logged: before this call's window
                 tracker.check(f"before {name}", _emit_state, name == _MODULE_CALL)
         call_id = state.id_base + next(state.ids)
-        if owner is not None:
+        if not dump_args:
+            arg_env, kwarg_env = {}, {}
+        elif owner is not None:
             arg_env = {"0": envelope(owner)}
             for i, a in enumerate(args, 1):
                 arg_env[str(i)] = envelope(a)
+            kwarg_env = {k: envelope(v) for k, v in kwargs.items()}
         else:
             arg_env = {str(i): envelope(a) for i, a in enumerate(args)}
+            kwarg_env = {k: envelope(v) for k, v in kwargs.items()}
         now = _now()
         _append(
             writer,
@@ -442,7 +474,7 @@ def _logged(ctx, *args, **kwargs):
                 "parent_id": stack[-1] if stack else None,
                 "site": site,
                 "args": arg_env,
-                "kwargs": {k: envelope(v) for k, v in kwargs.items()},
+                "kwargs": kwarg_env,
                 "proxy_obj_names": proxies,
             },
             now,
@@ -469,6 +501,44 @@ def _logged(ctx, *args, **kwargs):
         if var_writer is not None:
             var_writer.flush()
     return result
+
+
+def _sampled(sampling: tuple[int, int]) -> bool:
+    """Whether this moment's records are kept: all outside training, steps 1..warm_up, then every interval-th."""
+    current = meta.current
+    step = current.get("step")
+    if current.get("stage") != "training" or type(step) is not int:
+        return True
+    warm_up, interval = sampling
+    return step <= warm_up or (step - warm_up) % interval == 0
+
+
+def _closing_skipped_steps(next_step: int) -> None:
+    """Before the first recorded step after skipped ones: record what the skipped steps changed, with the last
+    skipped step's meta variables, so that the recorded step's own changes stand apart (TrainCheck compares values
+    within a step across ranks)."""
+    state = _state
+    warm_up, interval = state.sampling
+    if state.tracker is None or state.tracker.sampler or next_step <= warm_up or (next_step - warm_up) % interval:
+        return
+    if meta.current.get("stage") != "training":
+        return
+    try:
+        state.tracker.check("end of skipped steps", _emit_state, False)
+    except Exception as exc:
+        _recorder_error(exc)
+
+
+def _unrecorded(state: _State, role: int, fn, args, kwargs, checked_name):
+    """A call without API records (not selected, or in a step the sampling skips): it still counts for steps, and
+    when `checked_name` is given the tracked state it changed is recorded as it returns."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if checked_name:
+            _state_inside(state.tracker, True, False, checked_name)
+        if role:
+            _role_after(state, role)
 
 
 def _role_before(state: _State, role: int) -> None:

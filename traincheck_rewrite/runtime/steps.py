@@ -49,6 +49,7 @@ class Steps:
         self.holder: int | None = None
         self.hold_since = 0
         self.roots: dict = {}  # id -> tracked root module, for train/eval mode
+        self.before_next_step = None  # called with the next step's number just before `step` goes up
         self._grad_enabled = None
 
     def _stack(self) -> list[_Iteration]:
@@ -74,6 +75,8 @@ class Steps:
             stack.append(_Iteration(loop, now, now))
         if loop == self.training_loop:
             if self.stepped and not self.user_step:
+                if self.before_next_step is not None:
+                    self.before_next_step(self.step + 1)
                 self.step += 1
                 self.stepped = False
                 meta.update(step=self.step)

@@ -1,0 +1,70 @@
+"""Selective collection (`--invariants`) and step sampling on real runs of the MLP fixture (20 training steps)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from helpers import FIXTURES, run_plain, run_tc
+from traincheck_rewrite.trace import read_records
+
+MLP = FIXTURES / "mlp"
+
+
+def invariant(relation: str, *apis: str, precondition=None) -> str:
+    params = [{"param_type": "APIParam", "api_full_name": a} for a in apis]
+    return json.dumps({"text_description": "t", "relation": relation, "params": params,
+                       "precondition": precondition or {"x": {"inverted": False, "preconditions": [{"clauses": "Unconditional"}]}}})
+
+
+def test_sampling_keeps_warm_up_then_every_nth_step_and_the_program_output(tmp_path: Path):
+    result = run_tc([str(MLP / "config.yaml"), "--sampling-interval", "5", "--warm-up-steps", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = list(read_records(result.run_dir))
+    training = [r for r in records if r["meta_vars"].get("stage") == "training"]
+    assert {r["meta_vars"]["step"] for r in training if r["type"] != "state_change"} == {1, 2, 7, 12, 17}
+    assert {r["meta_vars"]["step"] for r in training if r.get("dump_loc") == "end of skipped steps"} == {6, 11, 16}
+    assert any(r["meta_vars"]["step"] == 0 and r["type"] != "state_change" for r in records)  # set-up in full
+    calls = {}
+    for r in training:
+        if r["type"] == "function_call (pre)":
+            calls[r["meta_vars"]["step"]] = calls.get(r["meta_vars"]["step"], 0) + 1
+    assert len(set(calls.values())) == 1, calls  # a recorded step is recorded whole
+    plain = run_plain([sys.executable, "train.py"], MLP)
+    assert (result.run_dir / "program_output.txt").read_text() == plain.stdout + plain.stderr
+
+
+def test_invariants_select_apis_their_arguments_and_state(tmp_path: Path):
+    inv = tmp_path / "inv.json"
+    inv.write_text("\n".join([
+        invariant("FunctionLeadRelation", "torch.optim.optimizer.Optimizer.zero_grad", "torch.optim.sgd.SGD.step"),
+        invariant("DistinctArgumentRelation", "torch.nn.functional.cross_entropy"),
+        invariant("FunctionCoverRelation", "torch.optim.sgd.SGD._init_group", "torch.optim.sgd.SGD.step"),
+    ]) + "\n")
+    result = run_tc([str(MLP / "config.yaml"), "--invariants", str(inv)], tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    assert "selective collection: 3 invariants" in result.stderr and "select 4 APIs (1 with arguments) and no model state" in result.stderr
+    assert "warning: 1 invariants name APIs this run never logged" in result.stderr and "SGD._init_group" in result.stderr
+    runtime = json.loads((result.run_dir / "run.json").read_text())["runtime"]
+    assert runtime["sampling"] == {"interval": 10, "warm_up": 10}  # TrainCheck's defaults with invariants
+    records = list(read_records(result.run_dir))
+    assert not [r for r in records if r["type"] == "state_change"]  # no invariant is about model state
+    assert {r["function"] for r in records} == {
+        "torch.optim.optimizer.Optimizer.zero_grad", "torch.optim.sgd.SGD.step", "torch.nn.functional.cross_entropy"
+    }
+    pres = [r for r in records if r["type"] == "function_call (pre)"]
+    assert all(r["args"] for r in pres if r["function"].endswith("cross_entropy"))
+    assert all(r["args"] == {} and r["kwargs"] == {} for r in pres if not r["function"].endswith("cross_entropy"))
+    assert {r["meta_vars"]["step"] for r in pres} == set(range(1, 11)) | {20}  # steps still counted
+
+
+def test_bad_invariant_files_stop_before_anything_runs(tmp_path: Path):
+    inv = tmp_path / "inv.json"
+    inv.write_text(invariant("FunctionLeadRelation", "torch.a", "torch.b") + "\n{not json\n")
+    result = run_tc([str(MLP / "config.yaml"), "--invariants", str(inv)], tmp_path / "runs")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and f"{inv}:2: not JSON" in result.stderr
+    inv.write_text('{"relation": "X"}\n')
+    result = run_tc([str(MLP / "config.yaml"), "--invariants", str(inv)], tmp_path / "runs")
+    assert result.returncode == 2 and f"{inv}:1: not a TrainCheck invariant" in result.stderr
+    assert not list((tmp_path / "runs").iterdir())
