@@ -333,6 +333,8 @@ def collect(config: Config, *, summary: bool = False) -> int:
             "model_tracker_style": config.model_tracker_style,
             "tensor_dump_format": config.tensor_dump_format,
             "meta_vars": dict(config.meta_vars),
+            "rewrite_libraries": list(config.rewrite_libraries),
+            "log_import_time_calls": config.log_import_time_calls,
         },
     }
     _write_json(run_dir / "run.json", info)
