@@ -53,6 +53,7 @@ BAD_CONFIGS = [
     ("pyscript: train.py\nrewrite_libraries: [json]\n", r"rewrite_libraries: 'json' is in the standard library"),
     ("pyscript: train.py\nrewrite_libraries: [torch._C]\n", r"rewrite_libraries: 'torch._C' is a compiled extension"),
     ("pyscript: train.py\nrewrite_libraries: [traincheck_rewrite]\n", r"rewrite_libraries: .* this tool's own package"),
+    ("pyscript: train.py\nrewrite_libraries: [torch._dynamo.eval_frame]\n", r"'torch._dynamo.eval_frame' is never rewritten"),
 ]
 
 

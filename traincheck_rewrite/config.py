@@ -232,6 +232,10 @@ def _check_library(name: str, script_dir: str) -> None:
         raise ConfigError(f"rewrite_libraries: {name!r} is this tool's own package and cannot be rewritten")
     if top in sys.stdlib_module_names:
         raise ConfigError(f"rewrite_libraries: {name!r} is in the standard library; only installed libraries are rewritten")
+    from .runtime.libraries import NEVER_REWRITTEN, covered
+
+    if covered(name, NEVER_REWRITTEN):
+        raise ConfigError(f"rewrite_libraries: {name!r} is never rewritten (the call hook and torch.compile run it)")
     spec = PathFinder.find_spec(top, [script_dir, *sys.path])
     parts = name.split(".")
     for i in range(1, len(parts)):

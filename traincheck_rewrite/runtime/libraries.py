@@ -20,6 +20,9 @@ from . import codecache, recorder
 from .writer import warn_once
 
 HOOK = "_tc_"  # the name rewrite.calls.HOOK (not imported: the rewriter needs libcst)
+# Never rewritten, even inside a named package (`torch`): what the hook itself calls (`torch.compiler.is_compiling`
+# calls `torch.jit.is_scripting`), and the compiler stack, which traces library code and must not trace itself.
+NEVER_REWRITTEN = ("torch.compiler", "torch.jit", "torch._jit_internal", "torch._dynamo", "torch._inductor", "torch.fx", "torch._numpy")
 _import_lock = threading.Lock()
 
 
@@ -95,7 +98,7 @@ class LibraryFinder:
         self.parents = {lib.rsplit(".", n)[0] for lib in libraries for n in range(1, lib.count(".") + 1)}
 
     def find_spec(self, fullname: str, path=None, target=None):
-        rewrite = covered(fullname, self.libraries)
+        rewrite = covered(fullname, self.libraries) and not covered(fullname, NEVER_REWRITTEN)
         if not rewrite and not (self.quiet_import and fullname in self.parents):
             return None
         spec = PathFinder.find_spec(fullname, path)
