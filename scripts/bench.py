@@ -5,13 +5,15 @@
     .venv/bin/python scripts/bench.py --quick    # one workload, 2 pairs (a smoke test of the benchmark itself)
 
 The instrumented time is that of the whole `tc-rewrite CONFIG` command (rewrite, launch, run, record count), so
-it includes what a user waits for.
+it includes what a user waits for. With library depth (`rewrite_libraries`), one run starts with an empty rewrite
+cache (every library module is rewritten: the cold start-up) and the others find it full (warm).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,11 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("mlp", "cnn", "transformer")
+DEPTH_LIBRARIES = ("torch.optim", "torch.nn.modules", "torch.nn.functional")
 
 
-def _timed(cmd: list[str], cwd: Path) -> float:
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-500:]}")
@@ -56,6 +59,31 @@ def bench_workload(name: str, pairs: int) -> dict:
         "trace_bytes": trace_bytes,
         "records": records,
         "bytes_per_record": trace_bytes / records if records else 0.0,
+    }
+
+
+def bench_depth(name: str, runs: int, plain_s: float) -> dict:
+    """The workload with library depth on: one run with an empty rewrite cache, then `runs` with it full."""
+    fixture = ROOT / "fixtures" / name
+    with tempfile.TemporaryDirectory(prefix="tc-bench-cache-") as cache, tempfile.TemporaryDirectory(prefix="tc-bench-") as out:
+        env = {**os.environ, "TC_REWRITE_CACHE_DIR": cache}
+        cmd = [sys.executable, "-m", "traincheck_rewrite", str(fixture / "config.yaml"), "--output-dir", out]
+        for library in DEPTH_LIBRARIES:
+            cmd += ["--rewrite-libraries", library]
+        cold = _timed(cmd, fixture, env)
+        warm = statistics.median(_timed(cmd, fixture, env) for _ in range(runs))
+        last = max(Path(out).iterdir(), key=lambda p: p.stat().st_mtime)
+        records = json.loads((last / "run.json").read_text())["records"]
+        cache_bytes = sum(p.stat().st_size for p in Path(cache).iterdir())
+    return {
+        "workload": name,
+        "libraries": list(DEPTH_LIBRARIES),
+        "cold_s": cold,
+        "warm_s": warm,
+        "rewrite_s": cold - warm,
+        "ratio": warm / plain_s,
+        "records": records["api"] + records["state"],
+        "cache_bytes": cache_bytes,
     }
 
 
@@ -115,9 +143,11 @@ def main() -> None:
     workloads = args.workload or (["mlp"] if args.quick else list(WORKLOADS))
     pairs = args.pairs or (2 if args.quick else 5)
     results = [bench_workload(w, pairs) for w in workloads]
+    depth = [bench_depth(r["workload"], 1 if args.quick else 3, r["plain_s"]) for r in results]
     micro = micro_benchmarks(1 if args.quick else 3)
     if args.json:
-        print(json.dumps({"workloads": results, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro]}, indent=2))
+        micro_json = [dict(zip(("what", "value", "unit"), m)) for m in micro]
+        print(json.dumps({"workloads": results, "depth": depth, "micro": micro_json}, indent=2))
         return
     print(f"{'workload':<12} {'plain s':>8} {'traced s':>9} {'ratio':>6} {'trace KiB':>10} {'records':>8} {'B/rec':>6}")
     for r in results:
@@ -126,6 +156,15 @@ def main() -> None:
             f"{r['trace_bytes'] / 1024:>10.1f} {r['records']:>8} {r['bytes_per_record']:>6.1f}"
         )
     print(f"(medians of {pairs} alternating pairs; python {sys.version.split()[0]})")
+    print()
+    print(f"library depth ({', '.join(DEPTH_LIBRARIES)}):")
+    print(f"{'workload':<12} {'cold s':>8} {'warm s':>8} {'rewrite s':>10} {'ratio':>6} {'records':>8} {'cache KiB':>10}")
+    for d in depth:
+        print(
+            f"{d['workload']:<12} {d['cold_s']:>8.2f} {d['warm_s']:>8.2f} {d['rewrite_s']:>10.2f} {d['ratio']:>6.2f} "
+            f"{d['records']:>8} {d['cache_bytes'] / 1024:>10.1f}"
+        )
+    print("(cold: empty rewrite cache; warm: median with the cache full; ratio: warm / plain)")
     print()
     for what, value, unit in micro:
         print(f"{what:<48} {value:>9.2f} {unit}")

@@ -37,12 +37,14 @@ def run_plain(cmd: list[str], cwd: Path, env_extra: dict[str, str] | None = None
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def run_tc(args: list[str], out_dir: Path, cwd: Path | None = None, timeout: float = 300) -> Result:
+def run_tc(
+    args: list[str], out_dir: Path, cwd: Path | None = None, timeout: float = 300, env_extra: dict[str, str] | None = None
+) -> Result:
     """`python -m traincheck_rewrite ARGS --output-dir OUT_DIR`; finds the run folder it made."""
     out_dir.mkdir(parents=True, exist_ok=True)
     before = set(out_dir.iterdir())
     cmd = [sys.executable, "-m", "traincheck_rewrite", "--output-dir", str(out_dir), *args]
-    proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=_env(), timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=_env(env_extra), timeout=timeout)
     made = [p for p in set(out_dir.iterdir()) - before if p.name.startswith("traincheck_run_")]
     return Result(proc.returncode, proc.stdout, proc.stderr, made[0] if len(made) == 1 else None)
 

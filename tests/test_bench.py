@@ -19,6 +19,10 @@ def test_quick_benchmark_runs_and_reports_every_measure():
     (mlp,) = report["workloads"]
     assert mlp["workload"] == "mlp" and mlp["plain_s"] > 0 and mlp["traced_s"] > 0 and mlp["records"] > 0
     assert mlp["ratio"] == mlp["traced_s"] / mlp["plain_s"]
+    (depth,) = report["depth"]
+    assert depth["workload"] == "mlp" and depth["cold_s"] > 0 and depth["warm_s"] > 0 and depth["cache_bytes"] > 0
+    assert depth["ratio"] == depth["warm_s"] / mlp["plain_s"] and depth["rewrite_s"] == depth["cold_s"] - depth["warm_s"]
+    assert depth["records"] > mlp["records"]  # the library's inner calls are logged too
     what = [m["what"] for m in report["micro"]]
     assert any("not logged" in w for w in what) and sum("tracking" in w for w in what) == 3
     assert all(m["value"] > 0 for m in report["micro"])

@@ -49,6 +49,11 @@ BAD_CONFIGS = [
     ("pyscript: train.py\nmodules_to_instr: ['torch nn']\n", r"modules_to_instr: 'torch nn' is not a dotted Python name"),
     ("pyscript: train.py\ninvariants: [inv.json]\n", r"invariants: file not found: .*inv\.json"),
     ("pyscript: .\n", r"pyscript: not a file"),
+    ("pyscript: train.py\nrewrite_libraries: [torch.optimz]\n", r"rewrite_libraries: no module named 'torch.optimz'"),
+    ("pyscript: train.py\nrewrite_libraries: [json]\n", r"rewrite_libraries: 'json' is in the standard library"),
+    ("pyscript: train.py\nrewrite_libraries: [torch._C]\n", r"rewrite_libraries: 'torch._C' is a compiled extension"),
+    ("pyscript: train.py\nrewrite_libraries: [traincheck_rewrite]\n", r"rewrite_libraries: .* this tool's own package"),
+    ("pyscript: train.py\nrewrite_libraries: [torch._dynamo.eval_frame]\n", r"'torch._dynamo.eval_frame' is never rewritten"),
 ]
 
 
@@ -76,6 +81,8 @@ BAD_COMMAND_LINES = [
     (["--pyscript", "nope.py"], r"pyscript: file not found"),
     (["--pyscript", "train.py", "--meta-var", "novalue"], r"--meta-var 'novalue': expected KEY=VALUE"),
     (["trace", "summary", "no_such_run"], r"no_such_run: no such run folder"),
+    (["--pyscript", "train.py", "--rewrite-libraries", "nosuchlib"], r"rewrite_libraries: no module named 'nosuchlib'"),
+    (["cache", "purge"], r"No such command 'purge'"),
 ]
 
 
@@ -136,7 +143,8 @@ def test_paths_in_the_config_are_relative_to_the_config_file(tmp_path: Path):
 def test_only_instr_writes_without_running_or_importing_torch(project: Path):
     (project / "train.py").write_text("import sys\nprint('ran')\n" + TRAIN)
     code = (
-        "import sys, runpy; sys.argv = ['tc-rewrite', '--pyscript', 'train.py', '--only-instr', '--output-dir', 'out'];"
+        "import sys, runpy; sys.argv = ['tc-rewrite', '--pyscript', 'train.py', '--only-instr', '--output-dir', 'out',"
+        " '--rewrite-libraries', 'torch.optim'];"
         "import traincheck_rewrite.cli as c\n"
         "try:\n    c.main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

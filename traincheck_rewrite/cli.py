@@ -1,6 +1,7 @@
-"""`tc-rewrite`: collect a trace (the default command), or read run folders (`trace ...`).
+"""`tc-rewrite`: collect a trace (the default command), read run folders (`trace ...`), or manage the cache of
+rewritten library code (`cache ...`).
 
-The first argument picks the command: `trace` starts that group; anything else is collection.
+The first argument picks the command: `trace` or `cache` starts that group; anything else is collection.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ COLLECT_HELP = """Instrument a PyTorch training script, run it and write its tra
   tc-rewrite --pyscript train.py [FLAGS] [-- SCRIPT ARGS...]
 
 Config keys are the flag names with '_' for '-'. Flags given on the command line override the config file;
-arguments after '--' are appended to the config's 'args'. Reading run folders: 'tc-rewrite trace --help'.
+arguments after '--' are appended to the config's 'args'. Reading run folders: 'tc-rewrite trace --help'; the
+cache of rewritten libraries: 'tc-rewrite cache --help'.
 """
 
 
@@ -53,7 +55,8 @@ def _opt(*decls, **kw):
 @_opt("--API-dump-stack-trace", "API_dump_stack_trace", is_flag=True, help="Record a stack trace per call.")
 @_opt("--use-full-instr", is_flag=True, help="Accepted for TrainCheck compatibility.")
 @_opt("-d", "--debug-mode", is_flag=True, help="Verbose tool output.")
-@_opt("--rewrite-libraries", multiple=True, metavar="MODULE", help="Library modules rewritten at import.")
+@_opt("--rewrite-libraries", multiple=True, metavar="MODULE", help="Library modules whose inner calls are logged.")
+@_opt("--log-import-time-calls", is_flag=True, help="Also log calls made while rewritten libraries are imported.")
 @_opt("--meta-var", "meta_var", multiple=True, metavar="KEY=VALUE", help="A static meta variable (repeatable).")
 @_opt("--summary", is_flag=True, help="Print the trace summary after the run.")
 @click.version_option(__version__, prog_name="tc-rewrite")
@@ -143,10 +146,44 @@ def _run_dir(path: str) -> Path:
     return folder
 
 
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cache_group():
+    """The cache of rewritten library code (rewrite_libraries): $TC_REWRITE_CACHE_DIR, else
+    $XDG_CACHE_HOME/traincheck_rewrite, else ~/.cache/traincheck_rewrite."""
+
+
+@cache_group.command("info")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def cache_info(as_json):
+    """Where the cache is, how many entries it holds, their size, and how many are damaged."""
+    from .runtime import codecache
+
+    data = codecache.info()
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    click.echo(f"location  {data['location']}")
+    click.echo(f"entries   {data['entries']}")
+    click.echo(f"size      {data['bytes'] / 1024:.1f} KiB")
+    click.echo(f"damaged   {data['damaged']} (ignored and rebuilt when used)")
+
+
+@cache_group.command("clear")
+def cache_clear():
+    """Remove every entry (the next traced run rewrites the libraries again)."""
+    from .runtime import codecache
+
+    removed = codecache.clear()
+    click.echo(f"removed {removed} files from {codecache.cache_dir()}")
+
+
+_GROUPS = {"trace": trace_group, "cache": cache_group}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "trace":
-        command, argv, prog = trace_group, argv[1:], "tc-rewrite trace"
+    if argv and argv[0] in _GROUPS:
+        command, argv, prog = _GROUPS[argv[0]], argv[1:], f"tc-rewrite {argv[0]}"
         meta = {}
     else:
         command, prog = collect_command, "tc-rewrite"

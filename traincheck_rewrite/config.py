@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES, PathFinder
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,14 @@ class Config:
     meta_vars: dict = field(default_factory=dict)
     meta_from: dict = field(default_factory=dict)
     rewrite_libraries: tuple[str, ...] = ()
+    log_import_time_calls: bool = False
     config_path: Path | None = None
     notes: tuple[str, ...] = ()
 
 
 KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
 _PATH_KEYS = {"pyscript", "shscript", "output_dir"}
-_BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode"}
+_BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode", "log_import_time_calls"}
 _STR_LIST_KEYS = {"modules_to_instr", "models_to_track", "rewrite_libraries"}
 
 
@@ -209,6 +212,8 @@ def _check_files(config: Config) -> None:
         _check_file("shscript", config.shscript)
     for path in config.invariants:
         _check_file("invariants", path)
+    for name in config.rewrite_libraries:
+        _check_library(name, str(config.pyscript.parent))
     if config.output_dir is not None and config.output_dir.exists() and not config.output_dir.is_dir():
         raise ConfigError(f"output_dir: {config.output_dir} exists and is not a folder")
 
@@ -218,3 +223,26 @@ def _check_file(key: str, path: Path) -> None:
         raise ConfigError(f"{key}: file not found: {path}")
     if not path.is_file():
         raise ConfigError(f"{key}: not a file: {path}")
+
+
+def _check_library(name: str, script_dir: str) -> None:
+    """A rewrite_libraries name must be Python source the program can import; found without importing anything."""
+    top = name.split(".")[0]
+    if top == "traincheck_rewrite":
+        raise ConfigError(f"rewrite_libraries: {name!r} is this tool's own package and cannot be rewritten")
+    if top in sys.stdlib_module_names:
+        raise ConfigError(f"rewrite_libraries: {name!r} is in the standard library; only installed libraries are rewritten")
+    from .runtime.libraries import NEVER_REWRITTEN, covered
+
+    if covered(name, NEVER_REWRITTEN):
+        raise ConfigError(f"rewrite_libraries: {name!r} is never rewritten (the call hook and torch.compile run it)")
+    spec = PathFinder.find_spec(top, [script_dir, *sys.path])
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if spec is None or spec.submodule_search_locations is None:
+            break
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), spec.submodule_search_locations)
+    if spec is None:
+        raise ConfigError(f"rewrite_libraries: no module named {name!r}")
+    if spec.origin and spec.origin.endswith(tuple(EXTENSION_SUFFIXES)):
+        raise ConfigError(f"rewrite_libraries: {name!r} is a compiled extension, not Python source")

@@ -372,6 +372,8 @@ def collect(config: Config, *, summary: bool = False) -> int:
             "meta_vars": dict(config.meta_vars),
             "sampling": _sampling(config),
             "select": selection.runtime() if selection is not None else None,
+            "rewrite_libraries": list(config.rewrite_libraries),
+            "log_import_time_calls": config.log_import_time_calls,
         },
     }
     _write_json(run_dir / "run.json", info)

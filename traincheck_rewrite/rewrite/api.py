@@ -28,6 +28,7 @@ def rewrite_source(
     meta_from: dict[str, str] | None = None,
     bindings: Bindings | None = None,
     loops: bool = True,
+    library: str | None = None,
 ) -> str | bytes:
     """Instrument `source` (text, or bytes honouring a coding cookie); returns the same type.
 
@@ -35,6 +36,10 @@ def rewrite_source(
     returned unchanged. `models` are the variable names whose bindings register a tracked model, `meta_from` maps
     meta-variable keys to the variables whose bindings set them; what was found is added to `bindings`. `loops`
     marks loop iterations for the step counter (user code, not libraries).
+
+    `library` (a path such as "torch/optim/sgd.py") rewrites an imported library module instead: its sites are
+    strings "<library>:<line>:<col>" (no site table), and no bootstrap is inserted, because the import hook puts
+    `_tc_` into the module's globals before the code runs.
     """
     text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
     if bootstrap.is_instrumented(text):
@@ -52,13 +57,14 @@ def rewrite_source(
     except SyntaxError as exc:  # valid for libcst's grammar, not for this Python
         raise RewriteError(f"{filename}:{exc.lineno}: cannot compile: {exc.msg}") from None
 
-    placeable = bootstrap.insert_bootstrap(module) is not None
+    placeable = library is not None or bootstrap.insert_bootstrap(module) is not None
     hook = cst.Name(HOOK) if placeable else cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE)
     facts = collect_names(tree, modules)
     sites = sites if sites is not None else SiteTable()
-    rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, not placeable)
+    lazy = not placeable
+    rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, lazy, library)
     if wrapper.mismatch or wrapper.visited != len(wrapper.spans):
-        rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, not placeable)
+        rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, lazy, library)
     site_base = len(sites.sites) + len(wrapper.wrapped)
     marker = None
     if loops:
@@ -68,19 +74,21 @@ def rewrite_source(
         targets = {name: ("track", name) for name in models}
         targets.update({var: ("meta", key) for key, var in (meta_from or {}).items()})
         rewritten = track_models(rewritten, targets, hook, filename, bindings if bindings is not None else Bindings())
-    if placeable:
+    if placeable and library is None:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 
     result: str | bytes = rewritten.bytes if isinstance(source, bytes) else rewritten.code
     _check(result, source, filename)
+    if library is not None:
+        return result
     sites.extend(filename, wrapper.wrapped)
     if marker is not None:
         sites.extend(filename, marker.marked)
     return result
 
 
-def _wrap_calls(module, facts, spans, site_base, hook, lazy) -> tuple[cst.Module, CallWrapper]:
-    wrapper = CallWrapper(facts, spans, site_base, hook, hook_has_quotes=lazy)
+def _wrap_calls(module, facts, spans, site_base, hook, lazy, library) -> tuple[cst.Module, CallWrapper]:
+    wrapper = CallWrapper(facts, spans, site_base, hook, hook_has_quotes=lazy, library=library)
     return module.visit(wrapper), wrapper
 
 

@@ -54,15 +54,23 @@ def _is_torchscript_decorated(decorators) -> bool:
 class CallWrapper(cst.CSTTransformer):
     """Wraps every call whose callee might be an instrumented API; collects the spans of the wrapped sites.
 
-    Site ids start after `site_base`; the caller registers `wrapped` in a SiteTable once the file succeeded.
+    Site ids start after `site_base`; the caller registers `wrapped` in a SiteTable once the file succeeded. In a
+    library file (`library` is its path) a site is the string "<library>:<line>:<col>" of the original position.
     """
 
     def __init__(
-        self, facts: NameFacts, spans: list[Span], site_base: int, hook: cst.BaseExpression, hook_has_quotes: bool
+        self,
+        facts: NameFacts,
+        spans: list[Span],
+        site_base: int,
+        hook: cst.BaseExpression,
+        hook_has_quotes: bool,
+        library: str | None = None,
     ):
         super().__init__()
-        # A hook spelled with a string literal cannot go inside an f-string (3.11 forbids reusing its quotes there).
-        self.hook_has_quotes = hook_has_quotes
+        # A string literal cannot go inside an f-string (3.11 forbids reusing its quotes there).
+        self.hook_has_quotes = hook_has_quotes or library is not None
+        self.library = library
         self.fstring_depth = 0
         self.site_base = site_base
         self.facts = facts
@@ -136,11 +144,14 @@ class CallWrapper(cst.CSTTransformer):
             self.mismatch = True
             return updated_node
         self.wrapped.append(span)
-        site = self.site_base + len(self.wrapped)
+        if self.library is None:
+            site: cst.BaseExpression = cst.Integer(str(self.site_base + len(self.wrapped)))
+        else:
+            site = cst.SimpleString(f'"{self.library}:{span.line}:{span.col}"')
         wrapped_callee = cst.Call(
             func=self.hook,
             args=[
-                cst.Arg(cst.Integer(str(site)), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))),
+                cst.Arg(site, comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))),
                 cst.Arg(updated_node.func),
             ],
         )

@@ -64,7 +64,12 @@ def _start(file: str | None) -> None:
         return
     settings = _runtime_settings(run_dir)
     trace_dir = os.environ.get("TC_REWRITE_TRACE_DIR") or os.path.join(run_dir, "traces")
-    recorder.start(trace_dir, tuple(settings.get("modules", ("torch",))), settings)
+    modules = tuple(settings.get("modules", ("torch",)))
+    recorder.start(trace_dir, modules, settings)
+    if settings.get("rewrite_libraries"):
+        from . import libraries
+
+        libraries.install(tuple(settings["rewrite_libraries"]), modules, bool(settings.get("log_import_time_calls")))
     atexit.register(recorder.flush_all, True)
     os.register_at_fork(after_in_child=recorder.after_fork_in_child)
     _install_sigterm_flush()

@@ -182,6 +182,13 @@ def _function_path(fn) -> str:
     return path
 
 
+def _defined_in_class(fn) -> bool:
+    """A method reached as a plain function (`Optimizer.step(opt)`, a decorator's `func(self, ...)` inside a library):
+    logged as bound like its other calls, since TrainCheck needs one `is_bound_method` per function."""
+    parts = fn.__qualname__.rsplit(".", 2)
+    return len(parts) > 1 and parts[-2] != "<locals>"
+
+
 def lookup(fn):
     """(info, self) when `fn` is an instrumented API, else None."""
     t = type(fn)
@@ -190,7 +197,7 @@ def lookup(fn):
         if info is None:
             if not _instrumented(fn.__module__):
                 return None  # decided by module name: user functions made in a loop are not kept alive here
-            info = _cache_function(fn, _info(_function_path(fn), False))
+            info = _cache_function(fn, _info(_function_path(fn), _defined_in_class(fn)))
         return (info, None) if info else None
     if t is MethodType:
         func = fn.__func__
@@ -315,6 +322,7 @@ def track(name: str, obj) -> None:
     state = _state
     if state is None or _compiling():
         return
+    state.local.quiet = True
     try:
         if state.track_state:  # off when no selected invariant is about model state
             if state.tracker is None:
@@ -325,6 +333,8 @@ def track(name: str, obj) -> None:
             state.steps.roots[id(root)] = root
     except Exception as exc:
         _recorder_error(exc)
+    finally:
+        state.local.quiet = False
 
 
 def set_meta(key: str, value) -> None:
@@ -385,6 +395,17 @@ def _registered(register, label: str, iterable):
         yield item
 
 
+importing = 0  # rewritten library modules (or their parents) executing, in any thread: import time
+
+
+def library_hook(site: str, fn):
+    """What `_tc_(site, fn)` evaluates to in a rewritten library module: `hook`, except at import time and while the
+    recorder's own work on this thread (model tracking walks `named_parameters()`) runs library code."""
+    if importing or _compiling() or (_state is not None and getattr(_state.local, "quiet", False)):
+        return fn
+    return hook(site, fn)
+
+
 hook.track = track
 hook.each = each
 hook.meta = set_meta
@@ -420,6 +441,8 @@ def _logged(ctx, *args, **kwargs):
         return fn(*args, **kwargs)
     tracker = state.tracker
     check = skip = False
+    local = state.local
+    local.quiet = True  # the recorder's own work calls no logged library code
     try:
         writer, stack, tid = _thread()
         name, bound, boundary, _, role, restage, logged, dump_args = info
@@ -428,7 +451,10 @@ def _logged(ctx, *args, **kwargs):
             _role_before(state, role)
         if state.worker_check:
             _worker_meta(state)
-        steps.refresh()
+        if type(site) is int:
+            steps.refresh()
+        else:  # a call inside a library (a string site) has the stage of the user's call it runs in
+            restage = False
         skip = state.sampling is not None and not _sampled(state.sampling)
         if not skip and not logged:  # not selected: no API records, but what it changes is recorded inside it
             check = tracker is not None and _checks_state(tracker, info, owner)
@@ -436,9 +462,11 @@ def _logged(ctx, *args, **kwargs):
                 tracker.check(f"before {name}", _emit_state, name == _MODULE_CALL)
             skip = True
     except Exception as exc:
+        local.quiet = False
         _recorder_error(exc)
         return fn(*args, **kwargs)
     if skip:
+        local.quiet = False
         return _unrecorded(state, role, fn, args, kwargs, check and name)
     try:
         proxies = _NO_PROXIES
@@ -470,7 +498,7 @@ def _logged(ctx, *args, **kwargs):
                 "thread_id": tid,
                 "meta_vars": meta.current,
                 "is_bound_method": bound,
-                "obj_id": id(owner) if owner is not None else None,
+                "obj_id": id(owner) if owner is not None else id(args[0]) if bound and args else None,
                 "parent_id": stack[-1] if stack else None,
                 "site": site,
                 "args": arg_env,
@@ -480,21 +508,27 @@ def _logged(ctx, *args, **kwargs):
             now,
         )
     except Exception as exc:
+        local.quiet = False
         _recorder_error(exc)
         return fn(*args, **kwargs)
     stack.append(call_id)
+    local.quiet = False
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
+        local.quiet = True
         _state_inside(tracker, check, boundary, name)
         _close(stack, writer, tid, call_id, name, restage, _exception_record(exc))
         if role:
             _role_after(state, role)
+        local.quiet = False
         raise
+    local.quiet = True
     _state_inside(tracker, check, boundary, name)
     _close(stack, writer, tid, call_id, name, restage, None, result)
     if role:
         _role_after(state, role)
+    local.quiet = False
     if boundary:
         writer.flush()
         var_writer = state.local.var_writer
@@ -535,10 +569,12 @@ def _unrecorded(state: _State, role: int, fn, args, kwargs, checked_name):
     try:
         return fn(*args, **kwargs)
     finally:
+        state.local.quiet = True
         if checked_name:
             _state_inside(state.tracker, True, False, checked_name)
         if role:
             _role_after(state, role)
+        state.local.quiet = False
 
 
 def _role_before(state: _State, role: int) -> None:

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""What library depth adds to TrainCheck's invariants, and what it costs: the numbers behind the default.
+
+    .venv/bin/python scripts/depth_invariants.py --infer /path/to/venv/bin/traincheck-infer [--workload mlp ...]
+
+TrainCheck (`pip install traincheck==0.2.0`) lives in a separate virtualenv; this script only runs its
+`traincheck-infer`. Each workload is traced with each library set (none, torch.optim, all three), the trace is
+written out as TrainCheck's JSON Lines (a post record gets its pre record's stage, as the engine requires), and the
+invariants are counted by relation, with the run's wall time (warm rewrite cache), record count and inference time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from traincheck_rewrite.trace import read_records  # noqa: E402
+
+LIBRARY_SETS = {
+    "off": (),
+    "optim": ("torch.optim",),
+    "optim+nn": ("torch.optim", "torch.nn.modules", "torch.nn.functional"),
+}
+
+
+def _export(run_dir: Path, out: Path) -> int:
+    """TrainCheck's files, one per process, thread and kind; returns the record count."""
+    out.mkdir()
+    stages: dict[int, str] = {}
+    files: dict[tuple, list[bytes]] = collections.defaultdict(list)
+    for record in read_records(run_dir):
+        kind = record["type"]
+        if kind == "function_call (pre)":
+            stages[record["func_call_id"]] = record["meta_vars"].get("stage")
+        elif kind.startswith("function_call (post"):
+            record["meta_vars"] = {**record["meta_vars"], "stage": stages[record["func_call_id"]]}
+        key = ("VAR" if kind == "state_change" else "API", record["process_id"], record["thread_id"])
+        files[key].append(json.dumps(record).encode())
+    for (kind, pid, tid), lines in files.items():
+        (out / f"trace_{kind}_{pid}_{tid}.log").write_bytes(b"\n".join(lines) + b"\n")
+    return sum(len(lines) for lines in files.values())
+
+
+def measure(workload: str, libraries: tuple[str, ...], infer: str, cache: str, work: Path) -> dict:
+    fixture = ROOT / "fixtures" / workload
+    out = work / f"{workload}-{len(libraries)}"
+    cmd = [sys.executable, "-m", "traincheck_rewrite", str(fixture / "config.yaml"), "--output-dir", str(out)]
+    for library in libraries:
+        cmd += ["--rewrite-libraries", library]
+    env = {**os.environ, "TC_REWRITE_CACHE_DIR": cache}
+    subprocess.run(cmd, cwd=fixture, env=env, check=True, capture_output=True)  # fills the cache
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=fixture, env=env, check=True, capture_output=True)
+    run_s = time.perf_counter() - start
+    run_dir = max(out.iterdir(), key=lambda p: p.stat().st_mtime)
+    exported = work / f"{out.name}-export"
+    records = _export(run_dir, exported)
+    start = time.perf_counter()
+    subprocess.run([infer, "-f", str(exported), "-o", str(work / f"{out.name}.json")], cwd=work, check=True,
+                   capture_output=True)  # fmt: skip
+    infer_s = time.perf_counter() - start
+    relations = collections.Counter(json.loads(line)["relation"] for line in (work / f"{out.name}.json").open())
+    return {"workload": workload, "libraries": list(libraries), "run_s": run_s, "records": records,
+            "infer_s": infer_s, "invariants": sum(relations.values()), "relations": dict(relations)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--infer", required=True, help="path of TrainCheck's traincheck-infer")
+    parser.add_argument("--workload", action="append", default=None, help="fixture name, repeatable [mlp, cnn]")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tc-depth-") as tmp:
+        work = Path(tmp)
+        cache = str(work / "cache")
+        for workload in args.workload or ["mlp", "cnn"]:
+            for name, libraries in LIBRARY_SETS.items():
+                r = measure(workload, libraries, args.infer, cache, work)
+                contain = r["relations"].get("APIContainRelation", 0)
+                print(f"{workload:<12} {name:<9} run {r['run_s']:6.2f} s  records {r['records']:>7}  "
+                      f"invariants {r['invariants']:>5} (contain {contain:>4})  infer {r['infer_s']:6.1f} s", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Library depth (rewrite_libraries), through the real CLI on real training scripts: calls inside torch.optim and
+torch.nn are logged inside the user's call that makes them, pointing at the library's own lines; import time is
+quiet; torch.compile and TorchScript programs print what they print plainly; concurrent runs share one cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import FIXTURES, ROOT, run_plain, run_tc
+from traincheck_rewrite.runtime import codecache
+from traincheck_rewrite.trace import read_records
+
+DEPTH = ["--rewrite-libraries", "torch.optim", "--rewrite-libraries", "torch.nn.modules",
+         "--rewrite-libraries", "torch.nn.functional"]  # fmt: skip
+TORCH_ROOT = Path(importlib.util.find_spec("torch").submodule_search_locations[0]).parent
+STEP = "torch.optim.sgd.SGD.step"
+MODEL_CALL = "torch.nn.modules.module.Module.__call__"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the module's runs: the first pays for the rewrite, the others load it."""
+    return tmp_path_factory.mktemp("rewrite-cache")
+
+
+def depth_run(fixture: str, out: Path, cache: Path, extra: tuple[str, ...] = ()):
+    result = run_tc(
+        [str(FIXTURES / fixture / "config.yaml"), *DEPTH, *extra], out, cwd=FIXTURES / fixture,
+        env_extra={"TC_REWRITE_CACHE_DIR": str(cache)},
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def mlp_records(tmp_path_factory, cache_dir) -> list[dict]:
+    return list(read_records(depth_run("mlp", tmp_path_factory.mktemp("mlp"), cache_dir).run_dir))
+
+
+def calls(records: list[dict]) -> dict[int, tuple[dict, dict]]:
+    """func_call_id -> (pre, post) of every completed call."""
+    pre = {r["func_call_id"]: r for r in records if r["type"] == "function_call (pre)"}
+    return {r["func_call_id"]: (pre[r["func_call_id"]], r) for r in records
+            if r["type"].startswith("function_call (post") and r["func_call_id"] in pre}  # fmt: skip
+
+
+def window(records: list[dict], call: tuple[dict, dict], kind: str = "function_call (pre)") -> list[dict]:
+    """Records of `kind` strictly inside the call's (pre, post) time window, as TrainCheck's engine nests them: same
+    process, and for API records the same thread."""
+    pre, post = call
+    return [r for r in records if r["type"] == kind and r["process_id"] == pre["process_id"]
+            and (kind == "state_change" or r["thread_id"] == pre["thread_id"]) and pre["time"] < r["time"] < post["time"]]  # fmt: skip
+
+
+def user_calls(records: list[dict], function: str) -> list[tuple[dict, dict]]:
+    return [c for c in calls(records).values() if c[0]["function"] == function and isinstance(c[0]["site"], int)]
+
+
+def library_line(site: str) -> str:
+    """The text at a library site "torch/optim/sgd.py:123:8", from the installed file."""
+    path, line, col = site.rsplit(":", 2)
+    return (TORCH_ROOT / path).read_text().splitlines()[int(line) - 1][int(col) :]
+
+
+def test_optimizer_step_window_holds_its_tensor_updates_and_the_parameter_changes(mlp_records):
+    steps = user_calls(mlp_records, STEP)
+    assert len(steps) == 20
+    by_id = {r["func_call_id"]: r for r in mlp_records if r["type"] == "function_call (pre)"}
+    for step in steps:
+        inner = window(mlp_records, step)
+        updates = [r for r in inner if r["function"].startswith("torch._foreach_") or r["function"] == "torch.Tensor.add_"]
+        assert updates, sorted({r["function"] for r in inner})
+        changed = {r["var_name"] for r in window(mlp_records, step, "state_change")}
+        assert changed == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
+        for r in inner:  # each inner call's parents lead to the user's step call
+            parent = r["parent_id"]
+            while parent is not None and parent != step[0]["func_call_id"]:
+                parent = by_id[parent]["parent_id"]
+            assert parent == step[0]["func_call_id"], r
+        for r in updates:
+            assert r["site"].startswith("torch/optim/") and "_(" in library_line(r["site"]), r["site"]
+
+
+def test_model_call_window_holds_each_forward_and_its_functional_calls(mlp_records):
+    model_calls = user_calls(mlp_records, MODEL_CALL)
+    assert len(model_calls) == 20
+    for call in model_calls:
+        inner = [r["function"] for r in window(mlp_records, call)]
+        assert inner.count("torch.nn.modules.container.Sequential.forward") == 1
+        assert inner.count("torch.nn.modules.linear.Linear.forward") == 2
+        assert inner.count("torch.nn.modules.activation.ReLU.forward") == 1
+        assert inner.count("torch.nn.functional.relu") == 1
+        assert inner.count("torch._C._nn.linear") == 2  # what F.linear is
+    forward = next(r for r in mlp_records if r.get("function") == "torch.nn.modules.linear.Linear.forward")
+    assert forward["site"].startswith("torch/nn/modules/module.py:") and "forward_call(" in library_line(forward["site"])
+
+
+def test_library_calls_made_at_import_time_are_logged_only_when_asked(mlp_records, tmp_path, cache_dir):
+    def before_the_first_user_call(records):
+        """Library calls logged before the script's first call (made after its imports): import time."""
+        api = [r for r in records if r["type"] == "function_call (pre)"]
+        first = min(r["time"] for r in api if isinstance(r["site"], int))
+        return [r for r in api if r["time"] < first]
+
+    assert before_the_first_user_call(mlp_records) == []
+    loud = list(read_records(depth_run("mlp", tmp_path, cache_dir, ("--log-import-time-calls",)).run_dir))
+    import_time = before_the_first_user_call(loud)
+    assert import_time and all(isinstance(r["site"], str) and r["meta_vars"]["stage"] == "init" for r in import_time)
+
+
+@pytest.mark.parametrize("fixture", ["compiled", "scripted"])
+def test_compiled_and_scripted_programs_print_what_they_print_plainly(fixture, tmp_path, cache_dir):
+    plain = run_plain([sys.executable, "train.py"], cwd=FIXTURES / fixture)
+    assert plain.returncode == 0, plain.stderr
+    traced = depth_run(fixture, tmp_path, cache_dir)
+    assert traced.stdout == plain.stdout
+    assert "graph_breaks 0" in plain.stdout or "getsource unchanged: True" in plain.stdout
+    records = list(read_records(traced.run_dir))
+    steps = user_calls(records, STEP)
+    assert len(steps) == 5 and all(any(isinstance(r["site"], str) for r in window(records, s)) for s in steps)
+
+
+def test_modules_imported_before_tracing_starts_are_named_in_one_warning(tmp_path, cache_dir):
+    # The first statement is compound with no line before it: the hook attaches at the first call, after `import torch`.
+    (tmp_path / "late.py").write_text("for _ in range(1):\n    import torch\nprint(torch.ones(2).sum().item())\n")
+    result = run_tc(["--pyscript", str(tmp_path / "late.py"), *DEPTH], tmp_path / "out", cwd=tmp_path,
+                    env_extra={"TC_REWRITE_CACHE_DIR": str(cache_dir)})  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "2.0\n", result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "imported before tracing started" in line]
+    assert len(warnings) == 1 and "torch.nn.functional" in warnings[0] and "torch.optim" in warnings[0]
+
+
+def test_concurrent_cold_runs_leave_one_valid_cache_and_a_damaged_entry_is_rebuilt(tmp_path):
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "traincheck_rewrite", str(FIXTURES / "mlp" / "config.yaml"),
+               "--rewrite-libraries", "torch.optim", "--output-dir"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TC_REWRITE_")}
+    env["TC_REWRITE_CACHE_DIR"] = str(cache)
+    procs = [subprocess.Popen([*command, str(tmp_path / f"out{i}")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    state = codecache.info(cache)
+    assert state["entries"] > 0 and state["damaged"] == 0
+    assert not list(cache.glob(".*.tmp"))
+    for out in ("out0", "out1"):
+        (run_dir,) = (tmp_path / out).iterdir()
+        steps = user_calls(list(read_records(run_dir)), STEP)
+        assert len(steps) == 20
+
+    entry = sorted(cache.glob("*" + codecache.SUFFIX))[0]
+    entry.write_bytes(entry.read_bytes()[:-7])
+    assert codecache.info(cache)["damaged"] == 1
+    proc = subprocess.run([*command, str(tmp_path / "out2")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = codecache.info(cache)
+    assert rebuilt["entries"] == state["entries"] and rebuilt["damaged"] == 0
