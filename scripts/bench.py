@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Wall time of fixtures run plainly and under tc-rewrite, alternating, medians; trace size and record counts.
+"""What tracing costs: the bench workloads run plainly, under tc-rewrite with each setting, and (when installed)
+under TrainCheck's collector, alternating, medians; then micro-benchmarks of the hot paths.
 
-    .venv/bin/python scripts/bench.py            # every workload, 5 alternating pairs each
-    .venv/bin/python scripts/bench.py --quick    # one workload, 2 pairs (a smoke test of the benchmark itself)
+    .venv/bin/python scripts/bench.py                   # the full run docs/benchmarks.md shows (about 20 minutes)
+    .venv/bin/python scripts/bench.py --quick           # one short workload, few settings (a smoke test)
+    .venv/bin/python scripts/bench.py --traincheck .venv-traincheck   # also traincheck-collect, side by side
 
-The instrumented time is that of the whole `tc-rewrite CONFIG` command (rewrite, launch, run, record count), so
-it includes what a user waits for. With library depth (`rewrite_libraries`), one run starts with an empty rewrite
-cache (every library module is rewritten: the cold start-up) and the others find it full (warm).
+Workloads are fixtures/bench/*.py (synthetic data, CPU, long enough that training outweighs start-up). A traced
+time is that of the whole command a user waits for (`tc-rewrite`: rewrite, launch, run, seal, count). Peak memory
+is the largest resident set of the command and its children (wait4). Library depth: one run starts with an empty
+rewrite cache (cold), the others find it full (warm).
 """
 
 from __future__ import annotations
@@ -22,69 +25,119 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("mlp", "cnn", "transformer")
+BENCH = ROOT / "fixtures" / "bench"
+WORKLOADS = ("mlp", "cnn", "lm")
 DEPTH_LIBRARIES = ("torch.optim", "torch.nn.modules", "torch.nn.functional")
+DEPTH_FLAGS = [f for lib in DEPTH_LIBRARIES for f in ("--rewrite-libraries", lib)]
+# setting -> tc-rewrite flags ({w}: the workload's name)
+SETTINGS = {
+    "default": [],
+    "sampler": ["--model-tracker-style", "sampler"],
+    "stats": ["--tensor-dump-format", "stats"],
+    "full": ["--tensor-dump-format", "full"],
+    "depth": DEPTH_FLAGS,
+    "selective": ["--invariants", str(BENCH / "{w}.invariants.json")],
+}
+QUICK_SETTINGS = ("default", "depth", "selective")
 
 
-def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak resident KiB of a command (and the children it waited for)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-500:]}")
-    return elapsed
+        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}): {stderr.decode(errors='replace')[-500:]}")
+    return elapsed, usage.ru_maxrss
 
 
-def bench_workload(name: str, pairs: int) -> dict:
-    fixture = ROOT / "fixtures" / name
-    plain, traced, runs = [], [], []
-    with tempfile.TemporaryDirectory(prefix="tc-bench-") as out:
-        for _ in range(pairs):
-            plain.append(_timed([sys.executable, "train.py"], fixture))
-            before = set(Path(out).iterdir())
-            traced.append(
-                _timed([sys.executable, "-m", "traincheck_rewrite", str(fixture / "config.yaml"), "--output-dir", out], fixture)
-            )
-            (run_dir,) = set(Path(out).iterdir()) - before
-            runs.append(run_dir)
-        info = json.loads((runs[-1] / "run.json").read_text())
-        trace_bytes = sum(p.stat().st_size for p in (runs[-1] / "traces").iterdir())
+def _trace_stats(run_dir: Path) -> dict:
+    info = json.loads((run_dir / "run.json").read_text())
     records = info["records"]["api"] + info["records"]["state"]
-    p, t = statistics.median(plain), statistics.median(traced)
-    return {
-        "workload": name,
-        "plain_s": p,
-        "traced_s": t,
-        "ratio": t / p,
-        "trace_bytes": trace_bytes,
-        "records": records,
-        "bytes_per_record": trace_bytes / records if records else 0.0,
-    }
+    trace_bytes = sum(p.stat().st_size for p in (run_dir / "traces").iterdir())
+    return {"records": records, "trace_bytes": trace_bytes, "bytes_per_record": trace_bytes / records if records else 0.0}
 
 
-def bench_depth(name: str, runs: int, plain_s: float) -> dict:
-    """The workload with library depth on: one run with an empty rewrite cache, then `runs` with it full."""
-    fixture = ROOT / "fixtures" / name
-    with tempfile.TemporaryDirectory(prefix="tc-bench-cache-") as cache, tempfile.TemporaryDirectory(prefix="tc-bench-") as out:
-        env = {**os.environ, "TC_REWRITE_CACHE_DIR": cache}
-        cmd = [sys.executable, "-m", "traincheck_rewrite", str(fixture / "config.yaml"), "--output-dir", out]
-        for library in DEPTH_LIBRARIES:
-            cmd += ["--rewrite-libraries", library]
-        cold = _timed(cmd, fixture, env)
-        warm = statistics.median(_timed(cmd, fixture, env) for _ in range(runs))
-        last = max(Path(out).iterdir(), key=lambda p: p.stat().st_mtime)
-        records = json.loads((last / "run.json").read_text())["records"]
-        cache_bytes = sum(p.stat().st_size for p in Path(cache).iterdir())
-    return {
-        "workload": name,
-        "libraries": list(DEPTH_LIBRARIES),
-        "cold_s": cold,
-        "warm_s": warm,
-        "rewrite_s": cold - warm,
-        "ratio": warm / plain_s,
-        "records": records["api"] + records["state"],
-        "cache_bytes": cache_bytes,
-    }
+def _traincheck_stats(out: Path) -> dict:
+    files = [p for p in out.iterdir() if p.name.startswith(("trace_", "proxy_log"))]
+    records = sum(sum(1 for _ in p.open("rb")) for p in files)
+    trace_bytes = sum(p.stat().st_size for p in files)
+    return {"records": records, "trace_bytes": trace_bytes, "bytes_per_record": trace_bytes / records if records else 0.0}
+
+
+def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None, traincheck: Path | None) -> list[dict]:
+    """Rows for one workload: plain, then each setting, then TrainCheck; each setting's runs alternate with plain."""
+    script = BENCH / f"{name}.py"
+    script_args = ["--", "--steps", str(steps)] if steps else []
+    plain_cmd = [sys.executable, str(script), *script_args[1:]]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp:
+        tmp = Path(tmp)
+        env = {**os.environ, "TC_REWRITE_CACHE_DIR": str(tmp / "cache")}
+        plain = [_run(plain_cmd, BENCH)]
+        variants = []  # (setting, command for an output folder)
+        for setting in settings:
+            flags = [f.format(w=name) for f in SETTINGS[setting]]
+            base = [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--models-to-track", "model", *flags]
+            variants.append((setting, lambda out, base=base: [*base, "--output-dir", str(out), *script_args]))
+        if traincheck is not None:
+            base = [str(traincheck / "bin" / "traincheck-collect"), "--pyscript", str(script), "--models-to-track", "model"]
+            variants.append(("traincheck-collect", lambda out, base=base: [*base, "--output-dir", str(out), *script_args]))
+        for setting, command in variants:
+            folder = tmp / setting
+            cold = _run(command(folder / "cold"), BENCH, env) if setting == "depth" else None  # fills the rewrite cache
+            runs = []
+            for i in range(pairs):
+                plain.append(_run(plain_cmd, BENCH))
+                runs.append(_run(command(folder / str(i)), BENCH, env))
+            last = folder / str(pairs - 1)
+            stats = _traincheck_stats(last) if setting == "traincheck-collect" else _trace_stats(next(last.iterdir()))
+            wall = statistics.median(r[0] for r in runs)
+            row = {"workload": name, "setting": setting, "wall_s": wall, "peak_mib": max(r[1] for r in runs) / 1024, **stats,
+                   "records_per_s": stats["records"] / wall}
+            if cold is not None:
+                row["cold_s"] = cold[0]
+            rows.append(row)
+        p = statistics.median(r[0] for r in plain)
+        rows.insert(0, {"workload": name, "setting": "plain", "wall_s": p, "peak_mib": max(r[1] for r in plain) / 1024,
+                        "records": 0, "trace_bytes": 0, "bytes_per_record": 0.0, "records_per_s": 0.0})
+        for row in rows:
+            row["ratio"] = row["wall_s"] / p
+    return rows
+
+
+def rewrite_benchmarks() -> list[tuple[str, float, str]]:
+    """Rewrite speed in lines per second, and `--only-instr` on a 1,000-line script, interpreter start included."""
+    from traincheck_rewrite.rewrite import rewrite_source
+
+    block = [
+        "def step_{i}(model, optimizer, x, y):",
+        "    # one training step, written out",
+        "    optimizer.zero_grad()",
+        "    loss = F.cross_entropy(model(x), y)",
+        "    loss.backward()",
+        "    optimizer.step()",
+        "    return torch.clamp(loss.detach(), 0, 10).item()",
+        "",
+    ]
+    lines = ["import torch", "import torch.nn.functional as F", ""]
+    i = 0
+    while len(lines) < 1000:
+        lines += [line.format(i=i) for line in block]
+        i += 1
+    source = "\n".join(lines[:1000]) + "\n"
+    start = time.perf_counter()
+    rewrite_source(source, "train.py", models=("model",))
+    per_line = (time.perf_counter() - start) / 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "train.py"
+        script.write_text(source)
+        cmd = [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--only-instr", "--output-dir", tmp]
+        wall = statistics.median(_run(cmd, Path(tmp))[0] for _ in range(3))
+    return [("rewrite speed", 1 / per_line, "lines per s"), ("--only-instr, 1,000-line script", wall, "s wall")]
 
 
 def micro_benchmarks(repeats: int) -> list[tuple[str, float, str]]:
@@ -135,36 +188,28 @@ def micro_benchmarks(repeats: int) -> list[tuple[str, float, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one workload, two pairs")
-    parser.add_argument("--pairs", type=int, default=None, help="alternating plain/traced pairs per workload")
+    parser.add_argument("--quick", action="store_true", help="the MLP for 50 steps, settings default/depth/selective, one pair")
+    parser.add_argument("--pairs", type=int, default=None, help="alternating plain/traced pairs per setting [3]")
     parser.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default: all")
+    parser.add_argument("--traincheck", type=Path, metavar="VENV", help="a virtualenv with traincheck==0.2.0 (scripts/traincheck_venv.sh)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     workloads = args.workload or (["mlp"] if args.quick else list(WORKLOADS))
-    pairs = args.pairs or (2 if args.quick else 5)
-    results = [bench_workload(w, pairs) for w in workloads]
-    depth = [bench_depth(r["workload"], 1 if args.quick else 3, r["plain_s"]) for r in results]
-    micro = micro_benchmarks(1 if args.quick else 3)
+    settings = list(QUICK_SETTINGS if args.quick else SETTINGS)
+    pairs = args.pairs or (1 if args.quick else 3)
+    rows = [row for w in workloads for row in bench_workload(w, settings, pairs, 50 if args.quick else None, args.traincheck)]
+    micro = micro_benchmarks(1 if args.quick else 3) + rewrite_benchmarks()
     if args.json:
-        micro_json = [dict(zip(("what", "value", "unit"), m)) for m in micro]
-        print(json.dumps({"workloads": results, "depth": depth, "micro": micro_json}, indent=2))
+        print(json.dumps({"workloads": rows, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro]}, indent=2))
         return
-    print(f"{'workload':<12} {'plain s':>8} {'traced s':>9} {'ratio':>6} {'trace KiB':>10} {'records':>8} {'B/rec':>6}")
-    for r in results:
+    print(f"{'workload':<6} {'setting':<19} {'wall s':>7} {'ratio':>6} {'peak MiB':>9} {'trace KiB':>10} {'records':>8} {'B/rec':>6} {'rec/s':>8}")
+    for r in rows:
+        cold = f"  (cold cache {r['cold_s']:.2f} s)" if "cold_s" in r else ""
         print(
-            f"{r['workload']:<12} {r['plain_s']:>8.2f} {r['traced_s']:>9.2f} {r['ratio']:>6.2f} "
-            f"{r['trace_bytes'] / 1024:>10.1f} {r['records']:>8} {r['bytes_per_record']:>6.1f}"
+            f"{r['workload']:<6} {r['setting']:<19} {r['wall_s']:>7.2f} {r['ratio']:>6.2f} {r['peak_mib']:>9.0f} "
+            f"{r['trace_bytes'] / 1024:>10.1f} {r['records']:>8} {r['bytes_per_record']:>6.1f} {r['records_per_s']:>8.0f}{cold}"
         )
-    print(f"(medians of {pairs} alternating pairs; python {sys.version.split()[0]})")
-    print()
-    print(f"library depth ({', '.join(DEPTH_LIBRARIES)}):")
-    print(f"{'workload':<12} {'cold s':>8} {'warm s':>8} {'rewrite s':>10} {'ratio':>6} {'records':>8} {'cache KiB':>10}")
-    for d in depth:
-        print(
-            f"{d['workload']:<12} {d['cold_s']:>8.2f} {d['warm_s']:>8.2f} {d['rewrite_s']:>10.2f} {d['ratio']:>6.2f} "
-            f"{d['records']:>8} {d['cache_bytes'] / 1024:>10.1f}"
-        )
-    print("(cold: empty rewrite cache; warm: median with the cache full; ratio: warm / plain)")
+    print(f"(medians of {pairs} runs per setting, each after a plain run; python {sys.version.split()[0]})")
     print()
     for what, value, unit in micro:
         print(f"{what:<48} {value:>9.2f} {unit}")

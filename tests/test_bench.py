@@ -16,13 +16,17 @@ def test_quick_benchmark_runs_and_reports_every_measure():
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    (mlp,) = report["workloads"]
-    assert mlp["workload"] == "mlp" and mlp["plain_s"] > 0 and mlp["traced_s"] > 0 and mlp["records"] > 0
-    assert mlp["ratio"] == mlp["traced_s"] / mlp["plain_s"]
-    (depth,) = report["depth"]
-    assert depth["workload"] == "mlp" and depth["cold_s"] > 0 and depth["warm_s"] > 0 and depth["cache_bytes"] > 0
-    assert depth["ratio"] == depth["warm_s"] / mlp["plain_s"] and depth["rewrite_s"] == depth["cold_s"] - depth["warm_s"]
-    assert depth["records"] > mlp["records"]  # the library's inner calls are logged too
+    rows = {r["setting"]: r for r in report["workloads"]}
+    assert list(rows) == ["plain", "default", "depth", "selective"] and {r["workload"] for r in rows.values()} == {"mlp"}
+    plain = rows["plain"]
+    for setting in ("default", "depth", "selective"):
+        row = rows[setting]
+        assert row["wall_s"] > 0 and row["peak_mib"] > 0 and row["records"] > 0 and row["trace_bytes"] > 0
+        assert row["ratio"] == row["wall_s"] / plain["wall_s"]
+        assert row["bytes_per_record"] == row["trace_bytes"] / row["records"]
+    assert rows["depth"]["cold_s"] > 0 and rows["depth"]["records"] > rows["default"]["records"]  # inner calls too
+    assert rows["selective"]["records"] < rows["default"]["records"]  # fewer APIs, sampled steps
     what = [m["what"] for m in report["micro"]]
     assert any("not logged" in w for w in what) and sum("tracking" in w for w in what) == 3
+    assert any("rewrite speed" in w for w in what) and any("only-instr" in w for w in what)
     assert all(m["value"] > 0 for m in report["micro"])
