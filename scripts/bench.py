@@ -33,8 +33,7 @@ DEPTH_FLAGS = [f for lib in DEPTH_LIBRARIES for f in ("--rewrite-libraries", lib
 SETTINGS = {
     "default": [],
     "sampler": ["--model-tracker-style", "sampler"],
-    "stats": ["--tensor-dump-format", "stats"],
-    "full": ["--tensor-dump-format", "full"],
+    "stats": ["--tensor-dump-format", "stats"],  # `full` writes every tensor's values: see the micro-benchmarks
     "depth": DEPTH_FLAGS,
     "selective": ["--invariants", str(BENCH / "{w}.invariants.json")],
 }

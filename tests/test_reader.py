@@ -135,3 +135,25 @@ def test_seal_keeps_the_frames_after_a_damaged_one(traces: Path):
     stats = ReadStats()
     got = [r["func_call_id"] for r in read_records(traces, stats=stats)]
     assert got == list(range(10)) + list(range(20, 30)) and stats.truncated_files == []
+
+
+def test_seal_streams_a_trace_much_larger_than_what_it_holds_in_memory(traces: Path):
+    import tracemalloc
+
+    line = orjson.dumps(rec(1, note="x" * 100)) + b"\n"
+    per_frame = (8 << 20) // len(line)  # about 8 MiB of JSON a frame
+    chunk = zstandard.ZstdCompressor(level=1).compress(line * per_frame)
+    torn = zstandard.ZstdCompressor(level=1).compress(line * 1000)[:-5]
+    (traces / "trace_API_1_2.log.zst").write_bytes(chunk * 40 + torn)  # 320 MiB of JSON, the last frame torn
+    before = sum(1 for _ in read_records(traces))
+    assert before >= 40 * per_frame
+    tracemalloc.start()
+    try:
+        assert seal(traces) == {"sealed_files": 1, "recovered_records": 0}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20, peak  # a few frames' worth, not the file
+    stats = ReadStats()
+    assert sum(1 for _ in read_records(traces, stats=stats)) == before
+    assert stats.truncated_files == []

@@ -1,9 +1,13 @@
 """seal(): after a process died without closing its trace files, make each one a clean sequence of zstd frames
-holding everything it wrote, including the records left in its spill file."""
+holding everything it wrote, including the records left in its spill file.
+
+Everything streams: a trace can be many GB once decompressed, so no file is ever held in memory whole.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -11,25 +15,51 @@ import zstandard
 
 from .reader import _spill_for, decompressed_chunks, spill_records, trace_folder
 
+FRAME_BYTES = 1 << 20  # JSON per rewritten frame, as the writer does
 
-def _content(path: Path) -> tuple[bytes, bool]:
-    """The decodable content of a trace file, every frame after a damaged one included, each stretch cut after its
-    last complete line; and whether anything was torn or damaged."""
-    stretches, parts, torn = [], [], False
+
+def _is_torn(path: Path) -> bool:
+    return any(data is None for data in decompressed_chunks(path, resync=True))
+
+
+def _complete_lines(path: Path) -> Iterator[bytes]:
+    """The decodable content of a trace file, in pieces of whole lines: a line cut by a tear or by damage is
+    dropped, the frames after damage are kept."""
+    pending = b""
     for data in decompressed_chunks(path, resync=True):
         if data is None:
-            torn = True
-            stretches.append(b"".join(parts))
-            parts = []
+            pending = b""
             continue
-        parts.append(data)
-    stretches.append(b"".join(parts))
-    return b"".join(s[: s.rfind(b"\n") + 1] for s in stretches), torn
+        data = pending + data
+        cut = data.rfind(b"\n") + 1
+        pending = data[cut:]
+        if cut:
+            yield data[:cut]
 
 
-def _last_time(content: bytes) -> int | None:
-    tail = content[content.rfind(b"\n", 0, len(content) - 1) + 1 :]
-    return orjson.loads(tail).get("time") if tail.strip() else None
+class _LastTime:
+    """Passes pieces of whole lines through, remembering the `time` of the last record."""
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self.pieces, self.time = pieces, None
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self.pieces:
+            last = piece[piece.rfind(b"\n", 0, len(piece) - 1) + 1 :]
+            try:
+                self.time = orjson.loads(last).get("time", self.time)
+            except (orjson.JSONDecodeError, AttributeError):
+                pass
+            yield piece
+
+
+def _with_spill(trace: Path, spill: Path, recovered: list[bytes]) -> Iterator[bytes]:
+    """The trace file's lines, then the spill's records after the last one it holds (collected in `recovered`)."""
+    lines = _LastTime(_complete_lines(trace) if trace.exists() else ())
+    yield from lines
+    recovered.extend(spill_records(spill, lines.time))
+    for line in recovered:
+        yield line + b"\n"
 
 
 def seal(run_dir: str | Path) -> dict:
@@ -40,29 +70,30 @@ def seal(run_dir: str | Path) -> dict:
         return done
     for spill in sorted(folder.glob("spill_*.jsonl")):
         trace = folder / ("trace_" + spill.name[len("spill_") : -len(".jsonl")] + ".log.zst")
-        content, _ = _content(trace) if trace.exists() else (b"", False)
-        extra = spill_records(spill, _last_time(content))
-        _rewrite(trace, content + b"".join(line + b"\n" for line in extra))
+        recovered: list[bytes] = []
+        _rewrite(trace, _with_spill(trace, spill, recovered))
         spill.unlink()
         done["sealed_files"] += 1
-        done["recovered_records"] += len(extra)
+        done["recovered_records"] += len(recovered)
     for trace in sorted(folder.glob("trace_*.log.zst")):
-        if _spill_for(trace).exists():
-            continue
-        content, torn = _content(trace)
-        if torn:
-            _rewrite(trace, content)
+        if not _spill_for(trace).exists() and _is_torn(trace):
+            _rewrite(trace, _complete_lines(trace))
             done["sealed_files"] += 1
     return done
 
 
-def _rewrite(trace: Path, content: bytes) -> None:
+def _rewrite(trace: Path, pieces: Iterable[bytes]) -> None:
+    """Write `pieces` (whole lines) as frames of about FRAME_BYTES cut at line ends, then replace `trace`."""
     tmp = trace.with_name(trace.name + ".tmp")
     compressor = zstandard.ZstdCompressor(level=1)
     with open(tmp, "wb") as f:
-        start = 0
-        while start < len(content):  # frames of about 1 MiB, cut at line ends
-            end = content.rfind(b"\n", start, start + (1 << 20)) + 1 or len(content)
-            f.write(compressor.compress(content[start:end]))
-            start = end
+        buf = b""
+        for piece in pieces:
+            buf += piece
+            while len(buf) >= FRAME_BYTES:
+                cut = buf.rfind(b"\n", 0, FRAME_BYTES) + 1 or buf.find(b"\n", FRAME_BYTES) + 1 or len(buf)
+                f.write(compressor.compress(buf[:cut]))
+                buf = buf[cut:]
+        if buf:
+            f.write(compressor.compress(buf))
     os.replace(tmp, trace)
