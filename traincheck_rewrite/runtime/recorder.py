@@ -29,6 +29,10 @@ _MODULE_CALL = "torch.nn.modules.module.Module.__call__"
 _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
 
 
+class _Local(threading.local):
+    quiet = False  # the recorder's own work is running on this thread: library calls it makes are not logged
+
+
 class _State:
     """Process-wide recorder state; replaced in a forked child."""
 
@@ -42,7 +46,7 @@ class _State:
         self.pid = os.getpid()
         self.id_base = self.pid * 1_000_000_000
         self.ids = itertools.count(1)
-        self.local = threading.local()
+        self.local = _Local()
         self.writers: list[TraceWriter] = []
         self.lock = threading.Lock()
 
@@ -385,7 +389,7 @@ importing = 0  # rewritten library modules (or their parents) executing, in any 
 def library_hook(site: str, fn):
     """What `_tc_(site, fn)` evaluates to in a rewritten library module: `hook`, except at import time and while the
     recorder's own work on this thread (model tracking walks `named_parameters()`) runs library code."""
-    if importing or _compiling() or (_state is not None and getattr(_state.local, "quiet", False)):
+    if importing or _compiling() or (_state is not None and _state.local.quiet):
         return fn
     return hook(site, fn)
 
