@@ -107,6 +107,13 @@ def test_model_call_window_holds_each_forward_and_its_functional_calls(mlp_recor
     assert forward["site"].startswith("torch/nn/modules/module.py:") and "forward_call(" in library_line(forward["site"])
 
 
+def test_the_recorders_own_library_calls_are_not_logged(mlp_records):
+    # Model tracking walks named_parameters() (library code, whose inner calls are logged); the script's own two
+    # parameters() calls (for the optimizer, for the checksum) are the only walks that may show.
+    walks = [r for r in mlp_records if r["type"] == "function_call (pre)" and r["function"].endswith("._named_members")]
+    assert len(walks) == 2
+
+
 def test_library_calls_made_at_import_time_are_logged_only_when_asked(mlp_records, tmp_path, cache_dir):
     def before_the_first_user_call(records):
         """Library calls logged before the script's first call (made after its imports): import time."""

@@ -311,7 +311,7 @@ def track(name: str, obj) -> None:
     state = _state
     if state is None or _compiling():
         return
-    state.local.quiet = True
+    outer_quiet, state.local.quiet = state.local.quiet, True
     try:
         if state.tracker is None:
             state.tracker = Tracker(state.settings.get("tensor_dump_format", "hash"), state.settings.get("model_tracker_style", "proxy"))
@@ -322,7 +322,7 @@ def track(name: str, obj) -> None:
     except Exception as exc:
         _recorder_error(exc)
     finally:
-        state.local.quiet = False
+        state.local.quiet = outer_quiet
 
 
 def set_meta(key: str, value) -> None:
@@ -430,6 +430,7 @@ def _logged(ctx, *args, **kwargs):
     tracker = state.tracker
     check = False
     local = state.local
+    outer_quiet = local.quiet  # True when the recorder's own work led to this call
     local.quiet = True  # the recorder's own work calls no logged library code
     try:
         writer, stack, tid = _thread()
@@ -478,11 +479,11 @@ def _logged(ctx, *args, **kwargs):
             now,
         )
     except Exception as exc:
-        local.quiet = False
+        local.quiet = outer_quiet
         _recorder_error(exc)
         return fn(*args, **kwargs)
     stack.append(call_id)
-    local.quiet = False
+    local.quiet = outer_quiet
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
@@ -491,14 +492,14 @@ def _logged(ctx, *args, **kwargs):
         _close(stack, writer, tid, call_id, name, restage, _exception_record(exc))
         if role:
             _role_after(state, role)
-        local.quiet = False
+        local.quiet = outer_quiet
         raise
     local.quiet = True
     _state_inside(tracker, check, boundary, name)
     _close(stack, writer, tid, call_id, name, restage, None, result)
     if role:
         _role_after(state, role)
-    local.quiet = False
+    local.quiet = outer_quiet
     if boundary:
         writer.flush()
         var_writer = state.local.var_writer
