@@ -50,6 +50,7 @@ BAD_CONFIGS = [
     ("pyscript: train.py\ninvariants: [inv.json]\n", r"invariants: file not found: .*inv\.json"),
     ("pyscript: .\n", r"pyscript: not a file"),
     ("pyscript: train.py\nrewrite_libraries: [torch.optimz]\n", r"rewrite_libraries: no module named 'torch.optimz'"),
+    ("pyscript: train.py\nrewrite_libraries: [torch.optim.sgd.nope]\n", r"no module named 'torch.optim.sgd.nope'"),
     ("pyscript: train.py\nrewrite_libraries: [json]\n", r"rewrite_libraries: 'json' is in the standard library"),
     ("pyscript: train.py\nrewrite_libraries: [torch._C]\n", r"rewrite_libraries: 'torch._C' is a compiled extension"),
     ("pyscript: train.py\nrewrite_libraries: [traincheck_rewrite]\n", r"rewrite_libraries: .* this tool's own package"),

@@ -8,8 +8,8 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from importlib.machinery import EXTENSION_SUFFIXES, PathFinder
 from dataclasses import dataclass, field, fields
+from importlib.machinery import EXTENSION_SUFFIXES, PathFinder
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +239,8 @@ def _check_library(name: str, script_dir: str) -> None:
     spec = PathFinder.find_spec(top, [script_dir, *sys.path])
     parts = name.split(".")
     for i in range(1, len(parts)):
-        if spec is None or spec.submodule_search_locations is None:
-            break
-        spec = PathFinder.find_spec(".".join(parts[: i + 1]), spec.submodule_search_locations)
+        package = spec.submodule_search_locations if spec is not None else None
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), package) if package is not None else None
     if spec is None:
         raise ConfigError(f"rewrite_libraries: no module named {name!r}")
     if spec.origin and spec.origin.endswith(tuple(EXTENSION_SUFFIXES)):

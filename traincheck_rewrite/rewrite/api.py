@@ -57,11 +57,10 @@ def rewrite_source(
     except SyntaxError as exc:  # valid for libcst's grammar, not for this Python
         raise RewriteError(f"{filename}:{exc.lineno}: cannot compile: {exc.msg}") from None
 
-    placeable = library is not None or bootstrap.insert_bootstrap(module) is not None
-    hook = cst.Name(HOOK) if placeable else cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE)
+    lazy = library is None and bootstrap.insert_bootstrap(module) is None  # no line can take the runtime import
+    hook = cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE) if lazy else cst.Name(HOOK)
     facts = collect_names(tree, modules)
     sites = sites if sites is not None else SiteTable()
-    lazy = not placeable
     rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, lazy, library)
     if wrapper.mismatch or wrapper.visited != len(wrapper.spans):
         rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, lazy, library)
@@ -74,7 +73,7 @@ def rewrite_source(
         targets = {name: ("track", name) for name in models}
         targets.update({var: ("meta", key) for key, var in (meta_from or {}).items()})
         rewritten = track_models(rewritten, targets, hook, filename, bindings if bindings is not None else Bindings())
-    if placeable and library is None:
+    if library is None and not lazy:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 
     result: str | bytes = rewritten.bytes if isinstance(source, bytes) else rewritten.code

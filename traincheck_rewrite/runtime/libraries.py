@@ -21,8 +21,11 @@ from .writer import warn_once
 
 HOOK = "_tc_"  # the name rewrite.calls.HOOK (not imported: the rewriter needs libcst)
 # Never rewritten, even inside a named package (`torch`): what the hook itself calls (`torch.compiler.is_compiling`
-# calls `torch.jit.is_scripting`), and the compiler stack, which traces library code and must not trace itself.
-NEVER_REWRITTEN = ("torch.compiler", "torch.jit", "torch._jit_internal", "torch._dynamo", "torch._inductor", "torch.fx", "torch._numpy")
+# calls `torch.jit.is_scripting`); the compiler stack, which traces library code and must not trace itself; and
+# torch._numpy, which wraps every name its modules hold, `_tc_` included.
+NEVER_REWRITTEN = (
+    "torch.compiler", "torch.jit", "torch._jit_internal", "torch._dynamo", "torch._inductor", "torch.fx", "torch._numpy"
+)
 _import_lock = threading.Lock()
 
 

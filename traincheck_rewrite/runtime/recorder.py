@@ -29,6 +29,10 @@ _MODULE_CALL = "torch.nn.modules.module.Module.__call__"
 _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
 
 
+class _Local(threading.local):
+    quiet = False  # the recorder's own work is running on this thread: library calls it makes are not logged
+
+
 class _State:
     """Process-wide recorder state; replaced in a forked child."""
 
@@ -47,7 +51,7 @@ class _State:
         self.pid = os.getpid()
         self.id_base = self.pid * 1_000_000_000
         self.ids = itertools.count(1)
-        self.local = threading.local()
+        self.local = _Local()
         self.writers: list[TraceWriter] = []
         self.lock = threading.Lock()
 
@@ -322,7 +326,7 @@ def track(name: str, obj) -> None:
     state = _state
     if state is None or _compiling():
         return
-    state.local.quiet = True
+    outer_quiet, state.local.quiet = state.local.quiet, True
     try:
         if state.track_state:  # off when no selected invariant is about model state
             if state.tracker is None:
@@ -334,7 +338,7 @@ def track(name: str, obj) -> None:
     except Exception as exc:
         _recorder_error(exc)
     finally:
-        state.local.quiet = False
+        state.local.quiet = outer_quiet
 
 
 def set_meta(key: str, value) -> None:
@@ -401,7 +405,7 @@ importing = 0  # rewritten library modules (or their parents) executing, in any 
 def library_hook(site: str, fn):
     """What `_tc_(site, fn)` evaluates to in a rewritten library module: `hook`, except at import time and while the
     recorder's own work on this thread (model tracking walks `named_parameters()`) runs library code."""
-    if importing or _compiling() or (_state is not None and getattr(_state.local, "quiet", False)):
+    if importing or _compiling() or (_state is not None and _state.local.quiet):
         return fn
     return hook(site, fn)
 
@@ -442,6 +446,7 @@ def _logged(ctx, *args, **kwargs):
     tracker = state.tracker
     check = skip = False
     local = state.local
+    outer_quiet = local.quiet  # True when the recorder's own work led to this call
     local.quiet = True  # the recorder's own work calls no logged library code
     try:
         writer, stack, tid = _thread()
@@ -508,11 +513,11 @@ def _logged(ctx, *args, **kwargs):
             now,
         )
     except Exception as exc:
-        local.quiet = False
+        local.quiet = outer_quiet
         _recorder_error(exc)
         return fn(*args, **kwargs)
     stack.append(call_id)
-    local.quiet = False
+    local.quiet = outer_quiet
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
@@ -521,14 +526,14 @@ def _logged(ctx, *args, **kwargs):
         _close(stack, writer, tid, call_id, name, restage, _exception_record(exc))
         if role:
             _role_after(state, role)
-        local.quiet = False
+        local.quiet = outer_quiet
         raise
     local.quiet = True
     _state_inside(tracker, check, boundary, name)
     _close(stack, writer, tid, call_id, name, restage, None, result)
     if role:
         _role_after(state, role)
-    local.quiet = False
+    local.quiet = outer_quiet
     if boundary:
         writer.flush()
         var_writer = state.local.var_writer
