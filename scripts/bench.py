@@ -196,7 +196,8 @@ def main() -> None:
     workloads = args.workload or (["mlp"] if args.quick else list(WORKLOADS))
     settings = list(QUICK_SETTINGS if args.quick else SETTINGS)
     pairs = args.pairs or (1 if args.quick else 3)
-    rows = [row for w in workloads for row in bench_workload(w, settings, pairs, 50 if args.quick else None, args.traincheck)]
+    traincheck = args.traincheck.resolve() if args.traincheck else None
+    rows = [row for w in workloads for row in bench_workload(w, settings, pairs, 50 if args.quick else None, traincheck)]
     micro = micro_benchmarks(1 if args.quick else 3) + rewrite_benchmarks()
     if args.json:
         print(json.dumps({"workloads": rows, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro]}, indent=2))
