@@ -82,8 +82,11 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
             flags = [f.format(w=name) for f in SETTINGS[setting]]
             base = [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--models-to-track", "model", *flags]
             variants.append((setting, lambda out, base=base: [*base, "--output-dir", str(out), *script_args]))
-        if traincheck is not None:
-            base = [str(traincheck / "bin" / "traincheck-collect"), "--pyscript", str(script), "--models-to-track", "model"]
+        if traincheck is not None:  # on a copy: it writes its instrumented script beside the original
+            (tmp / "src").mkdir()
+            copy = tmp / "src" / script.name
+            copy.write_bytes(script.read_bytes())
+            base = [str(traincheck / "bin" / "traincheck-collect"), "--pyscript", str(copy), "--models-to-track", "model"]
             variants.append(("traincheck-collect", lambda out, base=base: [*base, "--output-dir", str(out), *script_args]))
         for setting, command in variants:
             folder = tmp / setting

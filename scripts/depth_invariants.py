@@ -5,8 +5,8 @@
 
 TrainCheck (`pip install traincheck==0.2.0`) lives in a separate virtualenv; this script only runs its
 `traincheck-infer`. Each workload is traced with each library set (none, torch.optim, all three), the trace is
-written out as TrainCheck's JSON Lines (a post record gets its pre record's stage, as the engine requires), and the
-invariants are counted by relation, with the run's wall time (warm rewrite cache), record count and inference time.
+exported for the engine (`trace export`, see docs/traincheck.md), and the invariants are counted by relation, with
+the run's wall time (warm rewrite cache), record count and inference time.
 """
 
 from __future__ import annotations
@@ -24,31 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from traincheck_rewrite.trace import read_records  # noqa: E402
+from traincheck_rewrite.trace.export import export_traincheck  # noqa: E402
 
 LIBRARY_SETS = {
     "off": (),
     "optim": ("torch.optim",),
     "optim+nn": ("torch.optim", "torch.nn.modules", "torch.nn.functional"),
 }
-
-
-def _export(run_dir: Path, out: Path) -> int:
-    """TrainCheck's files, one per process, thread and kind; returns the record count."""
-    out.mkdir()
-    stages: dict[int, str] = {}
-    files: dict[tuple, list[bytes]] = collections.defaultdict(list)
-    for record in read_records(run_dir):
-        kind = record["type"]
-        if kind == "function_call (pre)":
-            stages[record["func_call_id"]] = record["meta_vars"].get("stage")
-        elif kind.startswith("function_call (post"):
-            record["meta_vars"] = {**record["meta_vars"], "stage": stages[record["func_call_id"]]}
-        key = ("VAR" if kind == "state_change" else "API", record["process_id"], record["thread_id"])
-        files[key].append(json.dumps(record).encode())
-    for (kind, pid, tid), lines in files.items():
-        (out / f"trace_{kind}_{pid}_{tid}.log").write_bytes(b"\n".join(lines) + b"\n")
-    return sum(len(lines) for lines in files.values())
 
 
 def measure(workload: str, libraries: tuple[str, ...], infer: str, cache: str, work: Path) -> dict:
@@ -64,7 +46,7 @@ def measure(workload: str, libraries: tuple[str, ...], infer: str, cache: str, w
     run_s = time.perf_counter() - start
     run_dir = max(out.iterdir(), key=lambda p: p.stat().st_mtime)
     exported = work / f"{out.name}-export"
-    records = _export(run_dir, exported)
+    records = export_traincheck(run_dir, exported).records
     start = time.perf_counter()
     subprocess.run([infer, "-f", str(exported), "-o", str(work / f"{out.name}.json")], cwd=work, check=True,
                    capture_output=True)  # fmt: skip

@@ -154,7 +154,8 @@ def test_only_instr_writes_without_running_or_importing_torch(project: Path):
     assert proc.returncode == 0, proc.stderr
     assert "ran" not in proc.stdout
     (run,) = (project / "out").iterdir()
-    assert {p.name for p in run.iterdir()} == {"train.py", "run.json", "sites.json", "instrumentation.diff"}
+    assert {p.name for p in run.iterdir()} == {"train.py", "run.json", "sites.json", "instrumentation.diff", "original_sources"}
+    assert (run / "original_sources" / "train.py").read_text() == (project / "train.py").read_text()
     assert json.loads((run / "run.json").read_text())["status"] == "instrumented"
 
 

@@ -30,7 +30,8 @@ from .shscript import replace_script_words
 from .trace.reader import decompressed_chunks
 from .trace.recover import seal
 
-RESERVED = ("run.json", "sites.json", "instrumentation.diff", "program_output.txt", "traces")
+ORIGINALS = "original_sources"  # the rewritten files as they were: what tracebacks and inspect.getsource show
+RESERVED = ("run.json", "sites.json", "instrumentation.diff", "program_output.txt", "traces", ORIGINALS)
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", "node_modules"}
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
@@ -150,6 +151,9 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
             continue
         dst.write_bytes(rewritten)
         _copy_mode(src, dst)
+        kept = run_dir / ORIGINALS / rel
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        _copy(src, kept)
         report.append({"file": rel, "wrapped_calls": len(sites.sites) - before})
         diffs.extend(_diff(original, rewritten, rel))
     _warn_untracked(config, bindings)

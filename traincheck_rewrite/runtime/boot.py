@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import atexit
 import json
+import linecache
 import os
 import signal
 import sys
 import threading
+import tokenize
 
 from . import recorder
 from .writer import warn_once
 
 _attached = False
+_run_dir: str | None = None
+ORIGINALS = "original_sources"  # run.py writes the rewritten files' originals there
 
 
 def _find_run_dir(file: str | None) -> str | None:
@@ -54,14 +58,36 @@ def attach(file: str | None):
             _start(file)
         except Exception as exc:  # the program must run even when tracing cannot
             warn_once(f"tracing is off: {type(exc).__name__}: {exc}")
+    if _run_dir is not None and file:
+        _show_original_source(file)
     return recorder.hook
 
 
+def _show_original_source(file: str) -> None:
+    """Make `linecache` (so `inspect.getsource`, `traceback.format_exc()`, TorchScript) see the file as the user
+    wrote it, kept in the run folder: the rewrite keeps every line in place, so line numbers agree. TorchScript then
+    compiles the user's own code (`torch.jit.script(model)`), not the logging calls."""
+    try:
+        rel = os.path.relpath(os.path.abspath(file), _run_dir)
+        if rel.startswith(os.pardir):
+            return
+        with tokenize.open(os.path.join(_run_dir, ORIGINALS, rel)) as f:  # honours a coding cookie, as linecache does
+            lines = f.readlines()
+        with tokenize.open(file) as f:
+            same_length = sum(1 for _ in f) == len(lines)
+        if same_length:
+            linecache.cache[file] = (sum(map(len, lines)), None, lines, file)  # no mtime: checkcache keeps it
+    except (OSError, SyntaxError, ValueError):  # SyntaxError: a bad coding cookie
+        pass  # no original beside it (a copied run folder without it): tracebacks show the instrumented lines
+
+
 def _start(file: str | None) -> None:
+    global _run_dir
     run_dir = _find_run_dir(file)
     if run_dir is None:
         warn_once(f"no run folder (run.json) found above {file}; the program runs untraced")
         return
+    _run_dir = run_dir
     settings = _runtime_settings(run_dir)
     trace_dir = os.environ.get("TC_REWRITE_TRACE_DIR") or os.path.join(run_dir, "traces")
     modules = tuple(settings.get("modules", ("torch",)))
