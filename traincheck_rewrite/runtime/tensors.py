@@ -41,8 +41,9 @@ def tensor_hash(t) -> int:
 def _hash_tensor(t):
     """The hash as a 0-d int64 tensor on the tensor's device (no host synchronisation yet).
 
-    Elements of 4 or 8 bytes are read as 32-bit words and multiplied in 32 bits (a word's change times an odd
-    weight is never 0 mod 2**32); narrower ones are widened to 64 bits first, so their products keep every bit.
+    Elements of 4 or 8 bytes are read as 32-bit words, multiplied and summed in 32 bits (a word's change times an odd
+    weight is never 0 mod 2**32, and summing in the words' own width spares an 8-byte copy of every product: half the
+    time of a 64-bit sum); narrower ones are widened to 64 bits first, so their products keep every bit.
     """
     torch = _torch()
     t = t.detach()
@@ -56,6 +57,7 @@ def _hash_tensor(t):
         bits = flat.to(torch.int64)
     elif flat.element_size() in (4, 8):
         bits = flat.view(torch.int32)
+        return (bits * _weights_for(bits.numel(), bits.device, bits.dtype)).sum(dtype=torch.int32).to(torch.int64)
     else:
         bits = flat.view(torch.int16 if flat.element_size() == 2 else torch.uint8).to(torch.int64)
     return (bits * _weights_for(bits.numel(), bits.device, bits.dtype)).sum(dtype=torch.int64)
