@@ -467,12 +467,13 @@ def _logged(ctx, *args, **kwargs):
                 tracker.check(f"before {name}", _emit_state, name == _MODULE_CALL)
             skip = True
     except Exception as exc:
-        local.quiet = False
+        local.quiet = outer_quiet
         _recorder_error(exc)
         return fn(*args, **kwargs)
+    local.quiet = outer_quiet
     if skip:
-        local.quiet = False
         return _unrecorded(state, role, fn, args, kwargs, check and name)
+    local.quiet = True
     try:
         proxies = _NO_PROXIES
         if tracker is not None:
@@ -481,15 +482,13 @@ def _logged(ctx, *args, **kwargs):
             if check:  # changes made since the last record by code that is not logged: before this call's window
                 tracker.check(f"before {name}", _emit_state, name == _MODULE_CALL)
         call_id = state.id_base + next(state.ids)
-        if not dump_args:
-            arg_env, kwarg_env = {}, {}
-        elif owner is not None:
-            arg_env = {"0": envelope(owner)}
-            for i, a in enumerate(args, 1):
+        arg_env, kwarg_env = {}, {}
+        if dump_args:
+            if owner is not None:
+                arg_env["0"] = envelope(owner)
+            start = 1 if owner is not None else 0
+            for i, a in enumerate(args, start):
                 arg_env[str(i)] = envelope(a)
-            kwarg_env = {k: envelope(v) for k, v in kwargs.items()}
-        else:
-            arg_env = {str(i): envelope(a) for i, a in enumerate(args)}
             kwarg_env = {k: envelope(v) for k, v in kwargs.items()}
         now = _now()
         _append(
@@ -574,12 +573,12 @@ def _unrecorded(state: _State, role: int, fn, args, kwargs, checked_name):
     try:
         return fn(*args, **kwargs)
     finally:
-        state.local.quiet = True
+        outer_quiet, state.local.quiet = state.local.quiet, True
         if checked_name:
             _state_inside(state.tracker, True, False, checked_name)
         if role:
             _role_after(state, role)
-        state.local.quiet = False
+        state.local.quiet = outer_quiet
 
 
 def _role_before(state: _State, role: int) -> None:
