@@ -28,11 +28,22 @@ def _popen_tc(args: list[str], out: Path, **kw) -> subprocess.Popen:
     )
 
 
+def _kill_tree(pid: int) -> None:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        _kill_tree(int(child))
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_ctrl_c_stops_the_program_as_it_would_and_keeps_the_trace(tmp_path: Path):
     proc = _popen_tc(["--pyscript", str(PROC / "interrupt.py")], tmp_path)
-    assert proc.stdout.readline() == "ready\n"
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    except (AssertionError, subprocess.TimeoutExpired):
+        _kill_tree(proc.pid)  # the program would otherwise run on for 20 minutes after the test
+        raise AssertionError(f"tc-rewrite did not stop on SIGINT; its stderr:\n{proc.stderr.read()[-3000:]}")
     stderr = proc.stderr.read()
     assert proc.returncode == 128 + signal.SIGINT, stderr
     assert "KeyboardInterrupt" in stderr  # the program's own traceback

@@ -277,12 +277,20 @@ def _launch(command: list[str], env: dict[str, str], run_dir: Path) -> int:
             except ProcessLookupError:
                 pass
 
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        forwarded = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, forward) for s in forwarded}
         try:
-            tees = [
-                _Tee(child.stdout, sys.stdout.buffer, log, lock),
-                _Tee(child.stderr, sys.stderr.buffer, log, lock),
-            ]
+            # The tee threads inherit a mask without these signals, so the kernel delivers them to the main thread:
+            # one delivered to a tee thread would not interrupt the main thread's waitpid, and `forward` would wait
+            # for the program to end by itself (seen as a Ctrl-C that did nothing, under load).
+            signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
+            try:
+                tees = [
+                    _Tee(child.stdout, sys.stdout.buffer, log, lock),
+                    _Tee(child.stderr, sys.stderr.buffer, log, lock),
+                ]
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
             code = child.wait()
             for t in tees:
                 t.thread.join()
