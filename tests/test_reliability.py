@@ -36,7 +36,8 @@ def _kill_tree(pid: int) -> None:
 
 
 def test_ctrl_c_stops_the_program_as_it_would_and_keeps_the_trace(tmp_path: Path):
-    proc = _popen_tc(["--pyscript", str(PROC / "interrupt.py")], tmp_path)
+    # as from a terminal: a background job (`pytest &`) would start with SIGINT ignored, and so would the program
+    proc = _popen_tc(["--pyscript", str(PROC / "interrupt.py")], tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGINT)

@@ -277,20 +277,14 @@ def _launch(command: list[str], env: dict[str, str], run_dir: Path) -> int:
             except ProcessLookupError:
                 pass
 
-        forwarded = (signal.SIGINT, signal.SIGTERM)
+        # A signal the environment ignores (a background job's SIGINT) stays ignored, as in the plain run.
+        forwarded = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
         previous = {s: signal.signal(s, forward) for s in forwarded}
         try:
-            # The tee threads inherit a mask without these signals, so the kernel delivers them to the main thread:
-            # one delivered to a tee thread would not interrupt the main thread's waitpid, and `forward` would wait
-            # for the program to end by itself (seen as a Ctrl-C that did nothing, under load).
-            signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
-            try:
-                tees = [
-                    _Tee(child.stdout, sys.stdout.buffer, log, lock),
-                    _Tee(child.stderr, sys.stderr.buffer, log, lock),
-                ]
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
+            tees = [
+                _Tee(child.stdout, sys.stdout.buffer, log, lock),
+                _Tee(child.stderr, sys.stderr.buffer, log, lock),
+            ]
             code = child.wait()
             for t in tees:
                 t.thread.join()
