@@ -27,7 +27,7 @@ class Result:
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TC_REWRITE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TC_REWRITE_") or k == "TC_REWRITE_CACHE_DIR"}
     env.update(extra or {})
     return env
 

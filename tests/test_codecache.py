@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,56 @@ def test_cache_info_and_clear_commands(tmp_path):
     cleared = tc("clear")
     assert cleared.returncode == 0 and cleared.stdout.startswith("removed 3 files")
     assert json.loads(tc("info", "--json").stdout)["entries"] == 0 and not list(tmp_path.iterdir())
+
+
+PROGRAM = '''"""A program whose rewrite the cache keeps."""
+import torch
+
+net = torch.nn.Linear(2, 2)
+print(float(net(torch.ones(2)).sum() * 0))
+'''
+
+
+def _instrument(script: Path, out: Path, cache: Path, *flags: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`tc-rewrite --only-instr` with import timing on; returns the process and the run folder."""
+    before = set(out.iterdir()) if out.exists() else set()
+    env = {**os.environ, "TC_REWRITE_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, "-X", "importtime", "-m", "traincheck_rewrite", "--pyscript", str(script), "--only-instr",
+           "--output-dir", str(out), *flags]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = set(out.iterdir()) - before
+    return proc, run_dir
+
+
+def _imports_libcst(proc: subprocess.CompletedProcess) -> bool:
+    return any(re.fullmatch(r"import time:.*\|\s+libcst", line.rstrip()) for line in proc.stderr.splitlines())
+
+
+def test_a_program_rewritten_before_comes_from_the_cache_without_libcst(tmp_path):
+    script = tmp_path / "src" / "train.py"
+    script.parent.mkdir()
+    script.write_text(PROGRAM)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    made = ("train.py", "sites.json", "instrumentation.diff")
+    cold, cold_dir = _instrument(script, out, cache, "--models-to-track", "model")
+    warm, warm_dir = _instrument(script, out, cache, "--models-to-track", "model")
+    assert _imports_libcst(cold) and not _imports_libcst(warm)
+    assert [(warm_dir / f).read_bytes() for f in made] == [(cold_dir / f).read_bytes() for f in made]
+    # what the rewrite found is kept too: the warning about a tracked name bound nowhere, with its candidates
+    warning = [line for line in cold.stderr.splitlines() if "never bound" in line]
+    assert warning and "net (train.py:4)" in warning[0]
+    assert warning == [line for line in warm.stderr.splitlines() if "never bound" in line]
+
+    # other options are another entry; a damaged entry is rewritten again
+    other, other_dir = _instrument(script, out, cache, "--models-to-track", "net")
+    assert _imports_libcst(other) and "_tc_.track(\"net\", net)" in (other_dir / "train.py").read_text()
+    for entry in cache.glob("*" + codecache.REWRITE_SUFFIX):
+        entry.write_bytes(entry.read_bytes()[:-2])
+    again, again_dir = _instrument(script, out, cache, "--models-to-track", "model")
+    assert _imports_libcst(again) and (again_dir / "train.py").read_bytes() == (cold_dir / "train.py").read_bytes()
+    script.write_text(PROGRAM.replace("print(", "print(1, "))
+    changed, changed_dir = _instrument(script, out, cache, "--models-to-track", "model")
+    assert _imports_libcst(changed) and "print(1, " in (changed_dir / "train.py").read_text()
+    entries = len(list(cache.glob("*" + codecache.REWRITE_SUFFIX)))
+    assert entries == 3 and codecache.info(cache)["entries"] == entries and codecache.clear(cache) == entries

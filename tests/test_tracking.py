@@ -12,6 +12,7 @@ import torch
 
 from helpers import FIXTURES, run_plain, run_tc
 from traincheck_rewrite.runtime.tensors import tensor_hash, tensor_stats
+from traincheck_rewrite.runtime.tracking import Tracker
 from traincheck_rewrite.trace import read_records
 
 PARAMS = ["model.0.bias", "model.1.weight", "model.1.bias", "model.3.weight", "model.3.bias"]
@@ -143,6 +144,49 @@ def test_nan_inf_and_minus_inf_are_distinct_and_other_dtypes_hash():
               torch.ones(2, 3).t(), torch.empty(0)):
         assert isinstance(tensor_hash(t), int)
     assert tensor_hash(torch.ones(2, 3).t()) == tensor_hash(torch.ones(3, 2))  # layout does not matter, values do
+
+
+def test_contiguous_and_strided_tensors_of_the_same_values_hash_alike():
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64, torch.int64, torch.float16):
+        t = torch.randn(6, 4, generator=g).to(dtype)
+        strided = t.t().contiguous().t()  # the same values, column-major: hashed through the general path
+        assert not strided.is_contiguous() and tensor_hash(strided) == tensor_hash(t), dtype
+
+
+def test_contents_written_again_are_the_tensors_contents_now():
+    """A record after a change of only the grad (or only the data) reuses the other's hash from the last record:
+    every record must still say what the tensor holds at that moment."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    records: list[dict] = []
+    tracker = Tracker("hash", "proxy")
+    tracker.track("model", model, records.append)
+
+    def backward():
+        model(torch.randn(2, 4)).sum().backward()
+
+    def replace_data():
+        model.weight.data = torch.randn(3, 4)
+
+    def replace_grad():
+        model.weight.grad = torch.randn(3, 4)
+
+    def in_place_on_grad():
+        model.bias.grad.mul_(3)
+
+    steps = [backward, optimizer.step, optimizer.zero_grad, backward, replace_data, backward, optimizer.step,
+             in_place_on_grad, replace_grad, optimizer.step]  # fmt: skip
+    for step in steps:
+        written = len(records)
+        step()
+        tracker.check(step.__name__, records.append)
+        assert len(records) > written, step.__name__
+        for record in records[written:]:
+            t = model.weight if record["var_name"] == "model.weight" else model.bias
+            expected = (tensor_hash(t), None if t.grad is None else tensor_hash(t.grad))
+            assert (record["attributes"]["data"], record["attributes"]["grad"]) == expected, (step.__name__, record["var_name"])
 
 
 def test_hash_is_the_same_in_another_process():

@@ -25,7 +25,8 @@ from pathlib import Path
 from . import __version__
 from .config import Config, ConfigError
 from .invariants import load_selection
-from .rewrite import Bindings, RewriteError, SiteTable, rewrite_source
+from .rewrite import Bindings, RewriteError, SiteTable
+from .runtime import codecache
 from .shscript import replace_script_words
 from .trace.reader import decompressed_chunks
 from .trace.recover import seal
@@ -46,8 +47,14 @@ def _say(message: str) -> None:
 
 
 def _distribution_version(module: str) -> str:
+    """The version of the distribution providing `module` (its own name first: mapping every installed
+    distribution's modules takes longer than rewriting a script)."""
     top = module.split(".")[0]
-    for dist in importlib.metadata.packages_distributions().get(top, [top]):
+    try:
+        return importlib.metadata.version(top)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for dist in importlib.metadata.packages_distributions().get(top, []):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -128,7 +135,6 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
     root = script.parent
     report: list[dict] = []
     diffs: list[str] = []
-    modules = tuple(config.modules_to_instr)
     for src, dst in _plan_files(config, run_dir):
         dst.parent.mkdir(parents=True, exist_ok=True)
         rel = src.resolve().relative_to(root).as_posix() if src.resolve().is_relative_to(root) else src.name
@@ -138,10 +144,7 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
         original = src.read_bytes()
         try:
             before = len(sites.sites)
-            rewritten = rewrite_source(
-                original, rel, modules=modules, sites=sites, models=tuple(config.models_to_track),
-                meta_from=dict(config.meta_from), bindings=bindings,
-            )
+            rewritten = _rewrite_file(original, rel, config, sites, bindings)
         except RewriteError as exc:
             if src.resolve() == script:
                 raise
@@ -160,6 +163,35 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
     (run_dir / "instrumentation.diff").write_text("".join(diffs), encoding="utf-8")
     (run_dir / "sites.json").write_text(json.dumps(sites.to_json(), indent=0), encoding="utf-8")
     return sites, report
+
+
+def _rewrite_file(original: bytes, rel: str, config: Config, sites: SiteTable, bindings: Bindings) -> bytes:
+    """`rewrite_source` through the rewrite cache: a file rewritten before with the same options (and the same
+    first site number) is read back, and libcst is not even imported."""
+    options = (
+        "program", f"first site {len(sites.sites) + 1}", *config.modules_to_instr, "models", *config.models_to_track,
+        "meta_from", *(f"{k}={v}" for k, v in sorted(config.meta_from.items())),
+    )
+    key = codecache.entry_key(original, rel, options)
+    cached = codecache.load_rewrite(key)
+    if cached is not None:
+        rewritten, entries, found, candidates = cached
+        sites.add(entries)
+        bindings.merge(Bindings({name: [tuple(p) for p in places] for name, places in found.items()}, [tuple(c) for c in candidates]))
+        return rewritten
+    from .rewrite import rewrite_source
+
+    before, found_here = len(sites.sites), Bindings()
+    rewritten = rewrite_source(
+        original, rel, modules=tuple(config.modules_to_instr), sites=sites, models=tuple(config.models_to_track),
+        meta_from=dict(config.meta_from), bindings=found_here,
+    )
+    bindings.merge(found_here)
+    try:
+        codecache.store_rewrite(key, rewritten, sites.since(before), found_here.found, found_here.candidates)
+    except (OSError, ValueError) as exc:
+        _say(f"note: cannot write the rewrite cache in {codecache.cache_dir()} ({exc}); rewriting at every run")
+    return rewritten
 
 
 def _warn_untracked(config: Config, bindings: Bindings) -> None:

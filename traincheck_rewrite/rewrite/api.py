@@ -7,15 +7,12 @@ import ast
 import libcst as cst
 
 from . import bootstrap
-from .calls import HOOK, CallWrapper, SiteTable
+from .calls import HOOK, CallWrapper
 from .loops import LoopMarker, loop_spans
-from .models import Bindings, track_models
+from .models import track_models
 from .names import collect_names
 from .positions import call_spans, cst_call_spans
-
-
-class RewriteError(Exception):
-    """A file that cannot be rewritten; the message is one line naming the file and line."""
+from .results import Bindings, RewriteError, SiteTable
 
 
 def rewrite_source(

@@ -8,38 +8,16 @@ exactly as before) and a logging wrapper when it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import libcst as cst
 
 from .names import NameFacts, dotted_name
 from .positions import Span
+from .results import SiteTable
 
 HOOK = "_tc_"
 
 # Decorators whose functions TorchScript compiles from source: their bodies must stay free of Python-only calls.
 _TORCHSCRIPT_DECORATORS = ("jit.script", "jit.script_method", "jit.interface", "jit.script_if_tracing")
-
-
-@dataclass
-class SiteTable:
-    """Call sites of one run, numbered from 1 across all rewritten files (written as `sites.json`)."""
-
-    sites: dict[int, dict] = field(default_factory=dict)
-
-    def extend(self, file: str, spans: list[Span]) -> None:
-        for span in spans:
-            self.sites[len(self.sites) + 1] = {
-                "file": file,
-                "line": span.line,
-                "col": span.col,
-                "end_line": span.end_line,
-                "end_col": span.end_col,
-                "source": span.text,
-            }
-
-    def to_json(self) -> dict[str, dict]:
-        return {str(k): v for k, v in self.sites.items()}
 
 
 def _is_torchscript_decorated(decorators) -> bool:

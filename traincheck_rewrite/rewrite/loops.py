@@ -12,7 +12,6 @@ import ast
 
 import libcst as cst
 
-from .calls import SiteTable
 from .positions import MAX_TEXT, Span
 
 

@@ -9,20 +9,11 @@ assignments that look like models (for the warning when a name matches nothing),
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import libcst as cst
 from libcst.metadata import PositionProvider
 
 from .names import dotted_name
-
-
-@dataclass
-class Bindings:
-    """What the model transform found, across files: {tracked name: [(file, line)]} and model-like assignments."""
-
-    found: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    candidates: list[tuple[str, str, int]] = field(default_factory=list)  # (target, file, line)
+from .results import Bindings
 
 
 def _looks_like_model(value: cst.BaseExpression, module_classes: set[str]) -> bool:

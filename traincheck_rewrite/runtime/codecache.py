@@ -1,9 +1,11 @@
-"""On-disk cache of rewritten library code (marshalled code objects), shared by every process that runs traced.
+"""On-disk cache of rewrites, shared by every process that runs traced: library modules as marshalled code objects
+(`.code`), the program's own files as their rewritten source with the call sites and bindings found (`.rewrite`).
 
-Rewriting torch's modules with libcst takes seconds; loading the cached code takes milliseconds. An entry's name is
-a hash of everything its code depends on: the source bytes, the source path (compiled into the code), the rewrite
-options, the tool (its version and the rewriter's own source) and Python (bytecode magic, optimization level). So
-an entry is never stale, only unused; `tc-rewrite cache clear` removes them all.
+Rewriting torch's modules with libcst takes seconds, and importing libcst alone a fifth of a second before a
+program can start; loading an entry takes milliseconds. An entry's name is a hash of everything it depends on: the
+source bytes, the source path, the rewrite options, the tool (its version, the rewriter's own source, libcst's
+version) and Python (bytecode magic, optimization level). So an entry is never stale, only unused;
+`tc-rewrite cache clear` removes them all.
 
 Entries are written to a temporary file and renamed into place, so concurrent processes (DDP ranks, DataLoader
 workers, parallel runs) may all build the same entry: each reader sees a whole file or none. A file that fails its
@@ -13,6 +15,7 @@ checksum or does not unmarshal into code is ignored and rebuilt.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import marshal
 import os
@@ -25,6 +28,8 @@ from .. import __version__
 
 MAGIC = b"TCRWCODE"
 SUFFIX = ".code"
+REWRITE_SUFFIX = ".rewrite"
+_SUFFIXES = (SUFFIX, REWRITE_SUFFIX)
 _DIGEST = 16
 _fingerprint: bytes | None = None
 
@@ -43,6 +48,10 @@ def _tool_fingerprint() -> bytes:
     global _fingerprint
     if _fingerprint is None:
         h = hashlib.blake2b(__version__.encode(), digest_size=_DIGEST)
+        try:
+            h.update(b"libcst " + importlib.metadata.version("libcst").encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
         rewrite_dir = Path(__file__).resolve().parent.parent / "rewrite"
         for path in sorted(rewrite_dir.glob("*.py")):
             h.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -61,36 +70,55 @@ def entry_key(source: bytes, path: str, options: tuple[str, ...]) -> str:
 
 def load(key: str, folder: Path | None = None) -> CodeType | None:
     """The cached code, or None when there is no entry or it is damaged."""
+    code = _read((folder or cache_dir()) / (key + SUFFIX))
+    return code if isinstance(code, CodeType) else None
+
+
+def load_rewrite(key: str, folder: Path | None = None) -> tuple | None:
+    """A cached rewrite of a program file (see `store_rewrite`), or None."""
+    value = _read((folder or cache_dir()) / (key + REWRITE_SUFFIX))
+    return value if isinstance(value, tuple) and len(value) == 4 else None
+
+
+def _read(path: Path):
     try:
-        data = ((folder or cache_dir()) / (key + SUFFIX)).read_bytes()
+        data = path.read_bytes()
     except OSError:
         return None
     return _decode(data)
 
 
-def _decode(data: bytes) -> CodeType | None:
+def _decode(data: bytes):
     head = len(MAGIC) + _DIGEST
     payload = data[head:]
     if data[: len(MAGIC)] != MAGIC or data[len(MAGIC) : head] != hashlib.blake2b(payload, digest_size=_DIGEST).digest():
         return None
     try:
-        code = marshal.loads(payload)
+        return marshal.loads(payload)
     except (EOFError, ValueError, TypeError):
         return None
-    return code if isinstance(code, CodeType) else None
 
 
 def store(key: str, code: CodeType, folder: Path | None = None) -> None:
     """Write the entry atomically (temporary file + rename); raises OSError when the folder is not writable."""
+    _write(key + SUFFIX, code, folder)
+
+
+def store_rewrite(key: str, rewritten: bytes, sites: list[dict], found: dict, candidates: list, folder: Path | None = None) -> None:
+    """A program file's rewrite: the source, the call-site entries it added, the bindings it found."""
+    _write(key + REWRITE_SUFFIX, (rewritten, sites, found, candidates), folder)
+
+
+def _write(name: str, value, folder: Path | None) -> None:
     folder = folder or cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    payload = marshal.dumps(code)
+    payload = marshal.dumps(value)
     data = MAGIC + hashlib.blake2b(payload, digest_size=_DIGEST).digest() + payload
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, folder / (key + SUFFIX))
+        os.replace(tmp, folder / name)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -102,7 +130,7 @@ def store(key: str, code: CodeType, folder: Path | None = None) -> None:
 def info(folder: Path | None = None) -> dict:
     """Location, number of entries, bytes, and how many entries fail to load."""
     folder = folder or cache_dir()
-    entries = sorted(folder.glob("*" + SUFFIX)) if folder.is_dir() else []
+    entries = sorted(p for suffix in _SUFFIXES for p in folder.glob("*" + suffix)) if folder.is_dir() else []
     size = damaged = 0
     for path in entries:
         try:
@@ -121,7 +149,7 @@ def clear(folder: Path | None = None) -> int:
     removed = 0
     if not folder.is_dir():
         return removed
-    for path in [*folder.glob("*" + SUFFIX), *folder.glob(".*.tmp")]:
+    for path in [*(p for suffix in _SUFFIXES for p in folder.glob("*" + suffix)), *folder.glob(".*.tmp")]:
         try:
             path.unlink()
             removed += 1

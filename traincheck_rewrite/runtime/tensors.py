@@ -12,7 +12,8 @@ import math
 import sys
 
 FULL_CAP = 100_000  # elements written by `full` before the values are cut (with one warning)
-_weights: dict = {}  # (numel, device) -> int64 weights
+_weights: dict = {}  # (numel, device, dtype) -> weights
+_word_dtypes: dict = {}  # dtype -> whether its elements are hashed as 32-bit words (4 or 8 bytes, real)
 
 
 def _torch():
@@ -20,7 +21,7 @@ def _torch():
 
 
 def _weights_for(n: int, device, dtype):
-    key = (n, str(device), dtype)
+    key = (n, device, dtype)
     w = _weights.get(key)
     if w is None:
         torch = _torch()
@@ -47,6 +48,12 @@ def _hash_tensor(t):
     """
     torch = _torch()
     t = t.detach()
+    words = _word_dtypes.get(t.dtype)
+    if words is None:
+        words = _word_dtypes[t.dtype] = t.element_size() in (4, 8) and not t.is_complex() and t.dtype != torch.bool
+    if words and t.is_contiguous():  # the common case, in fewer tensor operations
+        bits = t.reshape(-1).view(torch.int32)
+        return (bits * _weights_for(bits.numel(), bits.device, torch.int32)).sum(dtype=torch.int32).to(torch.int64)
     if t.numel() == 0:
         return torch.zeros((), dtype=torch.int64, device=t.device)
     flat = t.reshape(-1)
@@ -96,12 +103,16 @@ def contents(t, fmt: str, warn):
     return tensor_full(t, warn)
 
 
-def attributes_batch(items: list, fmt: str, warn) -> list[dict]:
+UNKNOWN = object()  # in `known`: contents to compute
+
+
+def attributes_batch(items: list, fmt: str, warn, known: list | None = None) -> list[dict]:
     """TrainCheck's primitive tensor attributes plus `data` and `grad` contents in `fmt`, for several tensors, with
-    every key every time. Hashes are brought to the host together: one synchronisation per device per batch."""
+    every key every time; `known` gives (data, grad) contents still valid for each tensor, or UNKNOWN. Hashes are
+    brought to the host together: one synchronisation per device per batch."""
     torch = _torch()
     out, pending = [], {}  # device -> [(attrs dict, key, 0-d hash tensor)]
-    for t in items:
+    for i, t in enumerate(items):
         grad = t.grad
         attrs = {
             "dtype": str(t.dtype),
@@ -115,8 +126,12 @@ def attributes_batch(items: list, fmt: str, warn) -> list[dict]:
             "data": None,
             "grad": None,
         }
-        for key, value in (("data", t), ("grad", grad)):
+        data_known, grad_known = known[i] if known is not None else (UNKNOWN, UNKNOWN)
+        for key, value, value_known in (("data", t, data_known), ("grad", grad, grad_known)):
             if value is None:
+                continue
+            if value_known is not UNKNOWN:
+                attrs[key] = value_known
                 continue
             if fmt == "hash":
                 pending.setdefault(value.device, []).append((attrs, key, _hash_tensor(value)))

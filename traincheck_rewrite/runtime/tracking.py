@@ -18,32 +18,61 @@ from .writer import warn_once
 
 
 class _Tensor:
-    __slots__ = ("var_name", "var_type", "ref", "version", "grad_id", "grad_version", "ptr", "is_buffer", "data_hash")
+    """One tracked tensor as last written: tells what changed, and gives back the contents that did not change."""
+
+    __slots__ = (
+        "var_name", "var_type", "ref", "ptr", "is_buffer", "version", "data_ptr", "data", "grad_ref", "grad_version",
+        "grad_ptr", "grad", "data_hash",
+    )
 
     def __init__(self, var_name: str, t) -> None:
         self.var_name = var_name
         self.is_buffer = not isinstance(t, sys.modules["torch"].nn.Parameter)
         self.var_type = "torch.Tensor" if self.is_buffer else "torch.nn.Parameter"
         self.ref = weakref.ref(t)
-        self.ptr = t.data_ptr()
-        self.version = self.grad_id = self.grad_version = self.data_hash = None
+        self.ptr = t.data_ptr()  # the storage it was tracked with (by_ptr)
+        self.version = self.data_ptr = self.grad_ref = self.grad_version = self.grad_ptr = self.data_hash = None
+        self.data = self.grad = tensors.UNKNOWN
+
+    def _same_grad(self, grad) -> bool:
+        """Whether `grad` is the grad last written (by identity: a weak reference, since ids of freed grads recur)."""
+        if grad is None:
+            return self.grad_ref is None
+        return self.grad_ref is not None and self.grad_ref() is grad
 
     def changed(self, t, hash_buffers: bool) -> bool:
         grad = t.grad
         if (
             t._version != self.version
-            or id(grad) != self.grad_id
+            or t.data_ptr() != self.data_ptr  # `p.data = other` keeps the version counter
+            or not self._same_grad(grad)
             or (grad is not None and grad._version != self.grad_version)
         ):
             return True
         # Kernels update BatchNorm running statistics without bumping their version counter: compare contents.
         return hash_buffers and self.is_buffer and tensors.tensor_hash(t) != self.data_hash
 
-    def seen(self, t, data_hash: int | None) -> None:
+    def known(self, t) -> tuple:
+        """The (data, grad) contents written last time that still hold (same version and storage; for grad, the same
+        tensor too), else UNKNOWN. A buffer's data is always read again."""
+        data = self.data
+        if self.is_buffer or t._version != self.version or t.data_ptr() != self.data_ptr:
+            data = tensors.UNKNOWN
         grad = t.grad
-        self.version = t._version
-        self.grad_id = id(grad)
-        self.grad_version = grad._version if grad is not None else None
+        if grad is None or not self._same_grad(grad) or grad._version != self.grad_version or grad.data_ptr() != self.grad_ptr:
+            return data, tensors.UNKNOWN
+        return data, self.grad
+
+    def seen(self, t, attrs: dict, keep: bool, data_hash: int | None) -> None:
+        """Remember the tensor as written now, and its contents when `keep` (formats small enough to hold)."""
+        grad = t.grad
+        self.version, self.data_ptr = t._version, t.data_ptr()
+        if grad is None:
+            self.grad_ref = self.grad_version = self.grad_ptr = None
+        else:
+            self.grad_ref, self.grad_version, self.grad_ptr = weakref.ref(grad), grad._version, grad.data_ptr()
+        if keep:
+            self.data, self.grad = attrs["data"], attrs["grad"]
         if self.is_buffer:
             self.data_hash = data_hash if data_hash is not None else tensors.tensor_hash(t)
 
@@ -81,9 +110,11 @@ class Tracker:
     def _write(self, pairs: list, mode: str, dump_loc: str, emit) -> None:
         if not pairs:
             return
-        attrs = tensors.attributes_batch([t for _, t in pairs], self.fmt, warn_once)
+        keep = self.fmt != "full"  # a hash or four statistics per tensor; not every value
+        known = [entry.known(t) for entry, t in pairs] if keep else None
+        attrs = tensors.attributes_batch([t for _, t in pairs], self.fmt, warn_once, known)
         for (entry, t), a in zip(pairs, attrs):
-            entry.seen(t, a["data"] if self.fmt == "hash" else None)
+            entry.seen(t, a, keep, a["data"] if self.fmt == "hash" else None)
             emit(
                 {
                     "type": "state_change",
