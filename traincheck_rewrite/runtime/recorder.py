@@ -31,6 +31,24 @@ _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
 
 class _Local(threading.local):
     quiet = False  # the recorder's own work is running on this thread: library calls it makes are not logged
+    thread = None  # this thread's _Thread, made by its first record
+
+
+class _Thread:
+    """One thread's writers, open calls and last record time (plain attributes: cheaper than thread-local ones)."""
+
+    __slots__ = ("writer", "var_writer", "stack", "tid", "last_time")
+
+    def __init__(self, writer: TraceWriter, tid: int) -> None:
+        self.writer, self.var_writer, self.stack, self.tid, self.last_time = writer, None, [], tid, 0
+
+    def now(self) -> int:
+        """monotonic_ns, strictly increasing within the thread (records are ordered by time)."""
+        t = time.monotonic_ns()
+        if t <= self.last_time:
+            t = self.last_time + 1
+        self.last_time = t
+        return t
 
 
 class _State:
@@ -285,15 +303,13 @@ def hook(site: int, fn):
     return MethodType(_logged, (site, fn, found[0], found[1]))
 
 
-def _thread():
+def _thread() -> _Thread:
     local = _state.local
-    try:
-        return local.writer, local.stack, local.tid
-    except AttributeError:
+    thread = local.thread
+    if thread is None:
         tid = threading.get_ident()
-        writer = _new_writer("API", tid)
-        local.writer, local.stack, local.tid, local.last_time, local.var_writer = writer, [], tid, 0, None
-        return writer, local.stack, tid
+        thread = local.thread = _Thread(_new_writer("API", tid), tid)
+    return thread
 
 
 def _new_writer(kind: str, tid: int) -> TraceWriter:
@@ -305,13 +321,12 @@ def _new_writer(kind: str, tid: int) -> TraceWriter:
 
 def _emit_state(record: dict) -> None:
     """Complete a state record (time, process, thread, meta) and write it to this thread's VAR file."""
-    _, _, tid = _thread()
-    local = _state.local
-    if local.var_writer is None:
-        local.var_writer = _new_writer("VAR", tid)
-    now = _now()
-    record.update(time=now, process_id=_state.pid, thread_id=tid, meta_vars=meta.current)
-    _append(local.var_writer, record, now)
+    thread = _thread()
+    if thread.var_writer is None:
+        thread.var_writer = _new_writer("VAR", thread.tid)
+    now = thread.now()
+    record.update(time=now, process_id=_state.pid, thread_id=thread.tid, meta_vars=meta.current)
+    _append(thread.var_writer, record, now)
 
 
 def _append(writer: TraceWriter, record: dict, now: int) -> None:
@@ -429,15 +444,6 @@ def _checks_state(tracker: Tracker, info: tuple, owner) -> bool:
     return True
 
 
-def _now() -> int:
-    local = _state.local
-    t = time.monotonic_ns()
-    if t <= local.last_time:
-        t = local.last_time + 1
-    local.last_time = t
-    return t
-
-
 def _logged(ctx, *args, **kwargs):
     site, fn, info, owner = ctx
     state = _state
@@ -449,7 +455,8 @@ def _logged(ctx, *args, **kwargs):
     outer_quiet = local.quiet  # True when the recorder's own work led to this call
     local.quiet = True  # the recorder's own work calls no logged library code
     try:
-        writer, stack, tid = _thread()
+        thread = _thread()
+        writer, stack, tid = thread.writer, thread.stack, thread.tid
         name, bound, boundary, _, role, restage, logged, dump_args = info
         steps = state.steps
         if role:
@@ -490,7 +497,7 @@ def _logged(ctx, *args, **kwargs):
             for i, a in enumerate(args, start):
                 arg_env[str(i)] = envelope(a)
             kwarg_env = {k: envelope(v) for k, v in kwargs.items()}
-        now = _now()
+        now = thread.now()
         _append(
             writer,
             {
@@ -522,20 +529,20 @@ def _logged(ctx, *args, **kwargs):
     except BaseException as exc:
         local.quiet = True
         _state_inside(tracker, check, boundary, name)
-        _close(stack, writer, tid, call_id, name, restage, _exception_record(exc))
+        _close(thread, call_id, name, restage, _exception_record(exc))
         if role:
             _role_after(state, role)
         local.quiet = outer_quiet
         raise
     local.quiet = True
     _state_inside(tracker, check, boundary, name)
-    _close(stack, writer, tid, call_id, name, restage, None, result)
+    _close(thread, call_id, name, restage, None, result)
     if role:
         _role_after(state, role)
     local.quiet = outer_quiet
     if boundary:
         writer.flush()
-        var_writer = state.local.var_writer
+        var_writer = thread.var_writer
         if var_writer is not None:
             var_writer.flush()
     return result
@@ -643,7 +650,8 @@ def _exception_record(exc: BaseException) -> dict:
     return {"exception": type_name(type(exc)), "exception_msg": msg[:1000]}
 
 
-def _close(stack, writer, tid, call_id, name, restage, exc_fields, result=None) -> None:
+def _close(thread: _Thread, call_id, name, restage, exc_fields, result=None) -> None:
+    stack = thread.stack
     if stack and stack[-1] == call_id:
         stack.pop()
     state = _state
@@ -652,14 +660,14 @@ def _close(stack, writer, tid, call_id, name, restage, exc_fields, result=None) 
     try:
         if restage:
             state.steps.refresh()
-        now = _now()
+        now = thread.now()
         record = {
             "type": EXC if exc_fields is not None else POST,
             "func_call_id": call_id,
             "function": name,
             "time": now,
             "process_id": state.pid,
-            "thread_id": tid,
+            "thread_id": thread.tid,
             "meta_vars": meta.current,
             "parent_id": stack[-1] if stack else None,
         }
@@ -667,7 +675,7 @@ def _close(stack, writer, tid, call_id, name, restage, exc_fields, result=None) 
             record.update(exc_fields)
         else:
             record["return_values"] = return_envelope(result)
-        _append(writer, record, now)
+        _append(thread.writer, record, now)
     except Exception as exc:
         _recorder_error(exc)
 

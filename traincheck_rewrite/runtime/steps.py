@@ -170,10 +170,15 @@ class Steps:
             if torch is None:
                 return "init"
             grad_enabled = self._grad_enabled = torch.is_grad_enabled
-        train_mode = all(m.training for m in self.roots.values())
+        training = grad_enabled()
+        if training:
+            for m in self.roots.values():
+                if not m.training:
+                    training = False
+                    break
         if self.training_loop is not None:
-            return "training" if grad_enabled() and train_mode else "evaluation"
-        if self._stack() and not (grad_enabled() and train_mode):
+            return "training" if training else "evaluation"
+        if not training and self._stack():
             return "evaluation"
         return "init"
 

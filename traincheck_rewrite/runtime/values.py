@@ -15,6 +15,8 @@ MAX_STR = 200
 _PRIMITIVES = (bool, int, float, str, type(None))
 _tensor_type = None
 _tensor_statics: dict = {}
+_tensor_envelopes: dict = {}  # (dtype, layout, is_cpu, device index, shape, requires_grad, is_leaf) -> envelope
+MAX_SHARED_ENVELOPES = 4096
 _type_names: dict = {}
 
 
@@ -34,20 +36,32 @@ def type_name(t: type) -> str:
 
 
 def _tensor(v) -> dict:
-    key = (v.dtype, v.layout, v.is_cpu, v.get_device())
-    static = _tensor_statics.get(key)
+    """The envelope, shared by all tensors alike in everything it holds (records are encoded, never changed)."""
+    shape = v.shape
+    key = (v.dtype, v.layout, v.is_cpu, v.get_device(), shape, v.requires_grad, v.is_leaf)
+    env = _tensor_envelopes.get(key)
+    if env is None:
+        if len(_tensor_envelopes) >= MAX_SHARED_ENVELOPES:
+            _tensor_envelopes.clear()
+        env = _tensor_envelopes[key] = _new_tensor_envelope(v, key)
+    return env
+
+
+def _new_tensor_envelope(v, key: tuple) -> dict:
+    static_key = key[:4]
+    static = _tensor_statics.get(static_key)
     if static is None:
-        static = _tensor_statics[key] = _tensor_static(v)
+        static = _tensor_statics[static_key] = _tensor_static(v)
     tname, dtype, device, itemsize, is_cpu = static
-    shape = list(v.shape)
+    shape = list(key[4])
     numel = v.numel()
     return {
         tname: {
             "dtype": dtype,
             "shape": shape,
             "device": device,
-            "requires_grad": v.requires_grad,
-            "is_leaf": v.is_leaf,
+            "requires_grad": key[5],
+            "is_leaf": key[6],
             "ndim": len(shape),
             "numel": numel,
             "itemsize": itemsize,
