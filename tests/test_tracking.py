@@ -189,6 +189,22 @@ def test_contents_written_again_are_the_tensors_contents_now():
             assert (record["attributes"]["data"], record["attributes"]["grad"]) == expected, (step.__name__, record["var_name"])
 
 
+def test_a_sparse_grad_is_tracked_by_its_entries():
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    records: list[dict] = []
+    tracker = Tracker("hash", "proxy")
+    tracker.track("emb", embedding, records.append)
+    grads = []
+    for rows in ([1, 2], [3]):
+        embedding(torch.tensor(rows)).sum().backward()  # the second adds entries to the sparse grad
+        tracker.check("backward", records.append)
+        assert records[-1]["attributes"]["grad"] == tensor_hash(embedding.weight.grad)
+        grads.append(records[-1]["attributes"]["grad"])
+    assert grads[0] != grads[1]
+    duplicated = torch.sparse_coo_tensor([[1, 1, 2]], torch.ones(3, 3), (10, 3))  # row 1 twice: the same values as
+    assert tensor_hash(duplicated) == tensor_hash(duplicated.coalesce())  # its coalesced form
+
+
 def test_hash_is_the_same_in_another_process():
     code = "import torch; from traincheck_rewrite.runtime.tensors import tensor_hash; torch.manual_seed(3); print(tensor_hash(torch.randn(1000)))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

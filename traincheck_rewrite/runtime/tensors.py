@@ -48,6 +48,11 @@ def _hash_tensor(t):
     """
     torch = _torch()
     t = t.detach()
+    if t.layout is not torch.strided:  # a sparse grad (nn.Embedding(sparse=True)): its entries, not a dense copy
+        if t.layout is not torch.sparse_coo:
+            return _hash_tensor(t.to_dense())
+        t = t.coalesce()
+        return _hash_tensor(t.indices()) * 1_000_003 + _hash_tensor(t.values())
     words = _word_dtypes.get(t.dtype)
     if words is None:
         words = _word_dtypes[t.dtype] = t.element_size() in (4, 8) and not t.is_complex() and t.dtype != torch.bool

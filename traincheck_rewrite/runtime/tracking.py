@@ -30,7 +30,7 @@ class _Tensor:
         self.is_buffer = not isinstance(t, sys.modules["torch"].nn.Parameter)
         self.var_type = "torch.Tensor" if self.is_buffer else "torch.nn.Parameter"
         self.ref = weakref.ref(t)
-        self.ptr = t.data_ptr()  # the storage it was tracked with (by_ptr)
+        self.ptr = _storage(t)  # the storage it was tracked with (by_ptr)
         self.version = self.data_ptr = self.grad_ref = self.grad_version = self.grad_ptr = self.data_hash = None
         self.data = self.grad = tensors.UNKNOWN
 
@@ -44,7 +44,7 @@ class _Tensor:
         grad = t.grad
         if (
             t._version != self.version
-            or t.data_ptr() != self.data_ptr  # `p.data = other` keeps the version counter
+            or _storage(t) != self.data_ptr  # `p.data = other` keeps the version counter
             or not self._same_grad(grad)
             or (grad is not None and grad._version != self.grad_version)
         ):
@@ -56,21 +56,21 @@ class _Tensor:
         """The (data, grad) contents written last time that still hold (same version and storage; for grad, the same
         tensor too), else UNKNOWN. A buffer's data is always read again."""
         data = self.data
-        if self.is_buffer or t._version != self.version or t.data_ptr() != self.data_ptr:
+        if self.is_buffer or t._version != self.version or _storage(t) != self.data_ptr:
             data = tensors.UNKNOWN
         grad = t.grad
-        if grad is None or not self._same_grad(grad) or grad._version != self.grad_version or grad.data_ptr() != self.grad_ptr:
+        if grad is None or not self._same_grad(grad) or grad._version != self.grad_version or _storage(grad) != self.grad_ptr:
             return data, tensors.UNKNOWN
         return data, self.grad
 
     def seen(self, t, attrs: dict, keep: bool, data_hash: int | None) -> None:
         """Remember the tensor as written now, and its contents when `keep` (formats small enough to hold)."""
         grad = t.grad
-        self.version, self.data_ptr = t._version, t.data_ptr()
+        self.version, self.data_ptr = t._version, _storage(t)
         if grad is None:
             self.grad_ref = self.grad_version = self.grad_ptr = None
         else:
-            self.grad_ref, self.grad_version, self.grad_ptr = weakref.ref(grad), grad._version, grad.data_ptr()
+            self.grad_ref, self.grad_version, self.grad_ptr = weakref.ref(grad), grad._version, _storage(grad)
         if keep:
             self.data, self.grad = attrs["data"], attrs["grad"]
         if self.is_buffer:
@@ -102,7 +102,8 @@ class Tracker:
             if entry is None or entry.ref() is not t:
                 entry = _Tensor(var_name, t)
                 self.tensors[var_name] = entry
-                self.by_ptr[entry.ptr] = entry
+                if entry.ptr is not None:
+                    self.by_ptr[entry.ptr] = entry
                 self.names_by_id[id(t)] = (var_name, entry.var_type)
                 fresh.append((entry, t))
         self._write(fresh, "init", f"track({name})", emit)
@@ -144,8 +145,7 @@ class Tracker:
     def dirty_by_storage(self, t) -> bool:
         """An in-place call on a tensor sharing a tracked tensor's storage (`p.data.add_`, whose version counter is
         not the parameter's): force a record of that tensor."""
-        ptr = getattr(t, "data_ptr", None)
-        entry = self.by_ptr.get(ptr()) if ptr is not None else None
+        entry = self.by_ptr.get(_storage(t)) if hasattr(t, "data_ptr") else None
         if entry is None:
             return False
         entry.version = None
@@ -158,6 +158,14 @@ class Tracker:
             if id(a) in names:
                 found.append(list(names[id(a)]))
         return found
+
+
+def _storage(t) -> int | None:
+    """The address of the tensor's data; None for a tensor without one (a sparse grad)."""
+    try:
+        return t.data_ptr()
+    except RuntimeError:
+        return None
 
 
 def _unwrap(obj):
