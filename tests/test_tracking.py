@@ -201,8 +201,8 @@ def test_a_sparse_grad_is_tracked_by_its_entries():
         assert records[-1]["attributes"]["grad"] == tensor_hash(embedding.weight.grad)
         grads.append(records[-1]["attributes"]["grad"])
     assert grads[0] != grads[1]
-    duplicated = torch.sparse_coo_tensor([[1, 1, 2]], torch.ones(3, 3), (10, 3))  # row 1 twice: the same values as
-    assert tensor_hash(duplicated) == tensor_hash(duplicated.coalesce())  # its coalesced form
+    duplicated = torch.sparse_coo_tensor([[1, 1, 2]], torch.ones(3, 3), (10, 3), check_invariants=True)  # row 1 twice:
+    assert tensor_hash(duplicated) == tensor_hash(duplicated.coalesce())  # the same values as its coalesced form
 
 
 def test_hash_is_the_same_in_another_process():
