@@ -177,7 +177,7 @@ def _rewrite_file(original: bytes, rel: str, config: Config, sites: SiteTable, b
     if cached is not None:
         rewritten, entries, found, candidates = cached
         sites.add(entries)
-        bindings.merge(Bindings({name: [tuple(p) for p in places] for name, places in found.items()}, [tuple(c) for c in candidates]))
+        bindings.merge(Bindings(found, candidates))  # marshal keeps tuples and lists apart
         return rewritten
     from .rewrite import rewrite_source
 
@@ -309,9 +309,7 @@ def _launch(command: list[str], env: dict[str, str], run_dir: Path) -> int:
             except ProcessLookupError:
                 pass
 
-        # A signal the environment ignores (a background job's SIGINT) stays ignored, as in the plain run.
-        forwarded = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
-        previous = {s: signal.signal(s, forward) for s in forwarded}
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             tees = [
                 _Tee(child.stdout, sys.stdout.buffer, log, lock),
