@@ -9,7 +9,8 @@ under TrainCheck's collector, alternating, medians; then micro-benchmarks of the
 Workloads are fixtures/bench/*.py (synthetic data, CPU, long enough that training outweighs start-up). A traced
 time is that of the whole command a user waits for (`tc-rewrite`: rewrite, launch, run, seal, count). Peak memory
 is the largest resident set of the command and its children (wait4). Library depth: one run starts with an empty
-rewrite cache (cold), the others find it full (warm).
+rewrite cache (cold), the others find it full (warm). The HF Trainer fixture (frameworks rewritten by default):
+its first run with an empty cache and its warm runs against the plain run.
 """
 
 from __future__ import annotations
@@ -149,6 +150,32 @@ def rewrite_benchmarks() -> list[tuple[str, float, str]]:
     ]
 
 
+def framework_benchmark(pairs: int) -> list[tuple[str, float, str]]:
+    """The HF Trainer fixture (fixtures/frameworks/hf_trainer.py, default settings): a first run, which rewrites the
+    framework's modules into an empty cache, and warm runs, each against the plain run (alternating, medians)."""
+    folder = ROOT / "fixtures" / "frameworks"
+    plain_cmd = [sys.executable, str(folder / "hf_trainer.py")]
+    with tempfile.TemporaryDirectory(prefix="tc-bench-hf-") as tmp:
+        env = {**os.environ, "TC_REWRITE_CACHE_DIR": f"{tmp}/cache"}
+
+        def traced(out: str) -> list[str]:
+            return [sys.executable, "-m", "traincheck_rewrite", str(folder / "hf_trainer.yaml"), "--output-dir", f"{tmp}/{out}"]
+
+        plain = [_run(plain_cmd, folder)[0]]
+        cold = _run(traced("cold"), folder, env)[0]
+        warm = []
+        for i in range(pairs):
+            plain.append(_run(plain_cmd, folder)[0])
+            warm.append(_run(traced(str(i)), folder, env)[0])
+    p = statistics.median(plain)
+    return [
+        ("HF Trainer fixture, plain", p, "s wall"),
+        ("HF Trainer fixture, first run (cold cache)", cold - p, "s more than plain"),
+        ("HF Trainer fixture, cold cache ratio", cold / p, "x plain"),
+        ("HF Trainer fixture, warm cache ratio", statistics.median(warm) / p, "x plain"),
+    ]
+
+
 def micro_benchmarks(repeats: int) -> list[tuple[str, float, str]]:
     """In-process costs: the hook per call, and model tracking per optimizer step for a ~1M-parameter model."""
     import os
@@ -214,6 +241,8 @@ def main() -> None:
     traincheck = args.traincheck.resolve() if args.traincheck else None
     rows = [row for w in workloads for row in bench_workload(w, settings, pairs, 50 if args.quick else None, traincheck)]
     micro = micro_benchmarks(1 if args.quick else 3) + rewrite_benchmarks()
+    if not args.quick:
+        micro += framework_benchmark(pairs)
     if args.json:
         print(json.dumps({"workloads": rows, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro]}, indent=2))
         return

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from traincheck_rewrite.rewrite import RewriteError, SiteTable, rewrite_source
+from traincheck_rewrite.rewrite import RewriteError, SiteTable, rewrite_library, rewrite_source
 from traincheck_rewrite.rewrite.bootstrap import MARKER
 
 BOOT = f"import traincheck_rewrite.runtime.boot as _tc_boot; {MARKER}"
@@ -191,12 +191,10 @@ def test_torchscript_functions_are_left_as_written():
 
 
 def test_library_mode_names_sites_by_file_line_and_column_and_inserts_no_bootstrap():
-    src = '"""Doc."""\nimport torch\n\ndef f(x):\n    y = torch.relu(x)\n    return f"{torch.sum(y)}"\n'
-    sites = SiteTable()
-    out = rewrite_source(src, "/site/lib/mod.py", library="lib/mod.py", loops=False, sites=sites)
+    src = b'"""Doc."""\nimport torch\n\ndef f(x):\n    y = torch.relu(x)\n    return f"{torch.sum(y)}"\n'
+    out = rewrite_library(src, "/site/lib/mod.py", "lib/mod.py", ("torch",), loops=False)
     # the f-string's call stays: a quoted site cannot go inside it on Python 3.11
-    assert out == '"""Doc."""\nimport torch\n\ndef f(x):\n    y = _tc_("lib/mod.py:5:8", torch.relu)(x)\n    return f"{torch.sum(y)}"\n'
-    assert sites.sites == {}
+    assert out == b'"""Doc."""\nimport torch\n\ndef f(x):\n    y = _tc_("lib/mod.py:5:8", torch.relu)(x)\n    return f"{torch.sum(y)}"\n'
 
 
 def test_rewrite_is_idempotent():
@@ -302,3 +300,87 @@ def test_ast_positions_agree_with_libcsts_own_on_tricky_code():
     fast = [(s.line, s.col, s.end_line, s.end_col, s.callee) for s in call_spans(_ast.parse(src), src)]
     slow = [(s.line, s.col, s.end_line, s.end_col, s.callee) for s in cst_call_spans(cst.parse_module(src))]
     assert fast == slow and len(fast) == 20
+
+
+def _library(src: str, loops: bool = True) -> str:
+    out = rewrite_library(textwrap.dedent(src).encode(), "/site/lib/m.py", "lib/m.py", ("torch",), loops).decode()
+    compile(out, "m.py", "exec")
+    return out
+
+
+def test_library_rewrite_nests_calls_and_keeps_every_line():
+    out = _library(
+        """\
+        import torch
+        y = torch.relu(torch.sum(x))(z)
+        @torch.no_grad()
+        def f(x):
+            return (torch
+                    .relu)(x)
+        """
+    )
+    assert out.splitlines()[1] == (
+        'y = _tc_("lib/m.py:2:4", _tc_("lib/m.py:2:4", torch.relu)(_tc_("lib/m.py:2:15", torch.sum)(x)))(z)'
+    )
+    assert out.splitlines()[2] == '@_tc_("lib/m.py:3:1", torch.no_grad)()'
+    assert out.splitlines()[4:6] == ['    return (_tc_("lib/m.py:5:11", torch', '            .relu))(x)']
+
+
+def test_library_rewrite_marks_loops_with_their_iterable_whole():
+    out = _library(
+        """\
+        import torch
+        for x in a, b:
+            torch.relu(x)
+        while y := torch.load(it):
+            torch.relu(y)
+        for z in range(3):
+            pass
+        """
+    )
+    lines = out.splitlines()
+    assert lines[1] == 'for x in _tc_.loop("lib/m.py:2:0", (a, b)):'
+    assert lines[3] == 'while _tc_.cond("lib/m.py:4:0", (y := _tc_("lib/m.py:4:11", torch.load)(it))):'
+    assert lines[5] == "for z in range(3):"  # its body makes no call
+    assert "_tc_.loop" not in _library("for x in a:\n    f(x)\n", loops=False)
+
+
+def test_library_rewrite_leaves_what_calls_py_leaves():
+    src = """\
+        import os, torch
+        @torch.jit.script
+        def scripted(x):
+            return torch.relu(x)
+        s = ", ".join(os.path.basename(p) for p in torch.load(f))
+        msg = f"{torch.sum(x)}"
+        é = "é"; torch.relu(é)
+        """
+    out = _library(src)
+    assert "return torch.relu(x)" in out and "@torch.jit.script" in out
+    assert '", ".join(os.path.basename(p) for p in _tc_("lib/m.py:5:43", torch.load)(f))' in out
+    assert 'msg = f"{torch.sum(x)}"' in out
+    assert '_tc_("lib/m.py:7:9", torch.relu)(é)' in out  # columns in characters, as calls.py counts them
+
+
+@pytest.mark.parametrize("module", ["torch/optim/adam.py", "torch/amp/grad_scaler.py", "torch/nn/modules/module.py"])
+def test_library_rewrite_wraps_the_sites_the_libcst_rewrite_wraps(module):
+    """The same call sites as the program's files get (outside f-strings, which library sites cannot enter)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(importlib.util.find_spec("torch").origin).parent.parent / module
+    source = path.read_bytes()
+    tree = ast.parse(source)
+    in_fstrings = {(n.lineno, n.col_offset) for f in ast.walk(tree) if isinstance(f, ast.JoinedStr)
+                   for n in ast.walk(f) if isinstance(n, ast.Call)}  # fmt: skip
+    sites = SiteTable()
+    rewrite_source(source, str(path), sites=sites, loops=False)
+    lines = source.splitlines()
+    expected = {(s["line"], s["col"]) for s in sites.to_json().values()}
+    expected = {(line, col) for line, col in expected
+                if (line, len(lines[line - 1].decode()[:col].encode())) not in in_fstrings}  # fmt: skip
+    out = rewrite_library(source, str(path), module, ("torch",), loops=False)
+    found = {(int(m[1]), int(m[2])) for m in re.finditer(rb'_tc_\("[^"]+:(\d+):(\d+)"', out)}
+    assert found == expected
+    assert len(found) > 50

@@ -56,6 +56,7 @@ def _opt(*decls, **kw):
 @_opt("--use-full-instr", is_flag=True, help="Accepted for TrainCheck compatibility.")
 @_opt("-d", "--debug-mode", is_flag=True, help="Verbose tool output.")
 @_opt("--rewrite-libraries", multiple=True, metavar="MODULE", help="Library modules whose inner calls are logged.")
+@_opt("--rewrite-frameworks/--no-rewrite-frameworks", help="Log what training frameworks call for the program [on].")
 @_opt("--log-import-time-calls", is_flag=True, help="Also log calls made while rewritten libraries are imported.")
 @_opt("--meta-var", "meta_var", multiple=True, metavar="KEY=VALUE", help="A static meta variable (repeatable).")
 @_opt("--summary", is_flag=True, help="Print the trace summary after the run.")

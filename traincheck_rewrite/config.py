@@ -46,6 +46,7 @@ class Config:
     meta_vars: dict = field(default_factory=dict)
     meta_from: dict = field(default_factory=dict)
     rewrite_libraries: tuple[str, ...] = ()
+    rewrite_frameworks: bool = True
     log_import_time_calls: bool = False
     config_path: Path | None = None
     notes: tuple[str, ...] = ()
@@ -53,7 +54,7 @@ class Config:
 
 KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
 _PATH_KEYS = {"pyscript", "shscript", "output_dir"}
-_BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode", "log_import_time_calls"}
+_BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode", "log_import_time_calls", "rewrite_frameworks"}
 _STR_LIST_KEYS = {"modules_to_instr", "models_to_track", "rewrite_libraries"}
 
 

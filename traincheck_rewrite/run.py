@@ -268,6 +268,8 @@ def _environment(config: Config, run_dir: Path) -> dict[str, str]:
     paths.append(PACKAGE_PARENT)
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["TC_REWRITE_RUN_DIR"] = str(run_dir)
+    if sys.stderr.isatty():  # someone watches: say so when a first run rewrites library modules (libraries.py)
+        env.setdefault("TC_REWRITE_PROGRESS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
     if config.shscript is not None:  # `python`, `torchrun` in the launcher are this interpreter's, as in an active venv
         env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
@@ -409,6 +411,7 @@ def collect(config: Config, *, summary: bool = False) -> int:
             "sampling": _sampling(config),
             "select": selection.runtime() if selection is not None else None,
             "rewrite_libraries": list(config.rewrite_libraries),
+            "rewrite_frameworks": config.rewrite_frameworks,
             "log_import_time_calls": config.log_import_time_calls,
         },
     }

@@ -25,18 +25,13 @@ def rewrite_source(
     meta_from: dict[str, str] | None = None,
     bindings: Bindings | None = None,
     loops: bool = True,
-    library: str | None = None,
 ) -> str | bytes:
     """Instrument `source` (text, or bytes honouring a coding cookie); returns the same type.
 
     Every original line keeps its number and its text outside the inserted code. An already instrumented source is
     returned unchanged. `models` are the variable names whose bindings register a tracked model, `meta_from` maps
     meta-variable keys to the variables whose bindings set them; what was found is added to `bindings`. `loops`
-    marks loop iterations for the step counter (user code, not libraries).
-
-    `library` (a path such as "torch/optim/sgd.py") rewrites an imported library module instead: its sites are
-    strings "<library>:<line>:<col>" (no site table), and no bootstrap is inserted, because the import hook puts
-    `_tc_` into the module's globals before the code runs.
+    marks loop iterations for the step counter. (Library modules: library.py.)
     """
     text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
     if bootstrap.is_instrumented(text):
@@ -54,13 +49,13 @@ def rewrite_source(
     except SyntaxError as exc:  # valid for libcst's grammar, not for this Python
         raise RewriteError(f"{filename}:{exc.lineno}: cannot compile: {exc.msg}") from None
 
-    lazy = library is None and bootstrap.insert_bootstrap(module) is None  # no line can take the runtime import
+    lazy = bootstrap.insert_bootstrap(module) is None  # no line can take the runtime import
     hook = cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE) if lazy else cst.Name(HOOK)
     facts = collect_names(tree, modules)
     sites = sites if sites is not None else SiteTable()
-    rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, lazy, library)
+    rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, lazy)
     if wrapper.mismatch or wrapper.visited != len(wrapper.spans):
-        rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, lazy, library)
+        rewritten, wrapper = _wrap_calls(module, facts, cst_call_spans(module), len(sites.sites), hook, lazy)
     site_base = len(sites.sites) + len(wrapper.wrapped)
     marker = None
     if loops:
@@ -70,21 +65,19 @@ def rewrite_source(
         targets = {name: ("track", name) for name in models}
         targets.update({var: ("meta", key) for key, var in (meta_from or {}).items()})
         rewritten = track_models(rewritten, targets, hook, filename, bindings if bindings is not None else Bindings())
-    if library is None and not lazy:
+    if not lazy:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 
     result: str | bytes = rewritten.bytes if isinstance(source, bytes) else rewritten.code
     _check(result, source, filename)
-    if library is not None:
-        return result
     sites.extend(filename, wrapper.wrapped)
     if marker is not None:
         sites.extend(filename, marker.marked)
     return result
 
 
-def _wrap_calls(module, facts, spans, site_base, hook, lazy, library) -> tuple[cst.Module, CallWrapper]:
-    wrapper = CallWrapper(facts, spans, site_base, hook, hook_has_quotes=lazy, library=library)
+def _wrap_calls(module, facts, spans, site_base, hook, lazy) -> tuple[cst.Module, CallWrapper]:
+    wrapper = CallWrapper(facts, spans, site_base, hook, hook_has_quotes=lazy)
     return module.visit(wrapper), wrapper
 
 

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import libcst as cst
 
-from .names import NameFacts, dotted_name
+from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, dotted_name
 from .positions import Span
 from .results import SiteTable
 
-HOOK = "_tc_"
-
-# Decorators whose functions TorchScript compiles from source: their bodies must stay free of Python-only calls.
-_TORCHSCRIPT_DECORATORS = ("jit.script", "jit.script_method", "jit.interface", "jit.script_if_tracing")
 
 
 def _is_torchscript_decorated(decorators) -> bool:
     for dec in decorators:
         target = dec.decorator.func if isinstance(dec.decorator, cst.Call) else dec.decorator
         name = dotted_name(target) or ""
-        if name.endswith(_TORCHSCRIPT_DECORATORS) or name in ("script", "script_method"):
+        if name.endswith(TORCHSCRIPT_DECORATORS) or name in ("script", "script_method"):
             return True
     return False
 
@@ -32,8 +28,8 @@ def _is_torchscript_decorated(decorators) -> bool:
 class CallWrapper(cst.CSTTransformer):
     """Wraps every call whose callee might be an instrumented API; collects the spans of the wrapped sites.
 
-    Site ids start after `site_base`; the caller registers `wrapped` in a SiteTable once the file succeeded. In a
-    library file (`library` is its path) a site is the string "<library>:<line>:<col>" of the original position.
+    Site ids start after `site_base`; the caller registers `wrapped` in a SiteTable once the file succeeded.
+    (Library modules are rewritten by library.py, by the same rules.)
     """
 
     def __init__(
@@ -43,12 +39,10 @@ class CallWrapper(cst.CSTTransformer):
         site_base: int,
         hook: cst.BaseExpression,
         hook_has_quotes: bool,
-        library: str | None = None,
     ):
         super().__init__()
         # A string literal cannot go inside an f-string (3.11 forbids reusing its quotes there).
-        self.hook_has_quotes = hook_has_quotes or library is not None
-        self.library = library
+        self.hook_has_quotes = hook_has_quotes
         self.fstring_depth = 0
         self.site_base = site_base
         self.facts = facts
@@ -122,14 +116,10 @@ class CallWrapper(cst.CSTTransformer):
             self.mismatch = True
             return updated_node
         self.wrapped.append(span)
-        if self.library is None:
-            site: cst.BaseExpression = cst.Integer(str(self.site_base + len(self.wrapped)))
-        else:
-            site = cst.SimpleString(f'"{self.library}:{span.line}:{span.col}"')
         wrapped_callee = cst.Call(
             func=self.hook,
             args=[
-                cst.Arg(site, comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))),
+                cst.Arg(cst.Integer(str(self.site_base + len(self.wrapped))), comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))),
                 cst.Arg(updated_node.func),
             ],
         )

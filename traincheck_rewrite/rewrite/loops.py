@@ -1,8 +1,8 @@
 """Mark loop iterations for the step counter: `for x in it:` -> `for x in _tc_.loop(<site>, it):`,
 `while c:` -> `while _tc_.cond(<site>, c):`, on the loop's own line.
 
-Only loops whose body makes a call are marked (a loop without calls cannot train); `async for` is left alone. The
-runtime learns which loop is the training loop from where optimizer steps happen (runtime/steps.py). Loop lines come
+Only loops whose body makes a call are marked (a loop without calls cannot train); `async for` is left alone. (The
+loops of a framework's training-loop module are marked by library.py, by the same rules.) The runtime learns which loop is the training loop from where optimizer steps happen (runtime/steps.py). Loop lines come
 from `ast`, paired with libcst's visiting order as for calls (positions.py).
 """
 

@@ -12,16 +12,21 @@ import builtins
 import sys
 from dataclasses import dataclass, field
 
-import libcst as cst
-
 # Builtins that look at their caller's frame: wrapping them would make them look at the wrapper's.
 FRAME_SENSITIVE = frozenset({"super", "locals", "globals", "vars", "dir", "eval", "exec", "breakpoint"})
 BUILTIN_NAMES = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 STDLIB_MODULES = frozenset(getattr(sys, "stdlib_module_names", ())) - {"__main__"}
 
 
-def dotted_name(node: cst.BaseExpression) -> str | None:
-    """`a.b.c` for a Name/Attribute chain, else None."""
+HOOK = "_tc_"  # the name rewritten code calls
+# Decorators whose functions TorchScript compiles from source: their bodies must stay free of Python-only calls.
+TORCHSCRIPT_DECORATORS = ("jit.script", "jit.script_method", "jit.interface", "jit.script_if_tracing")
+
+
+def dotted_name(node) -> str | None:
+    """`a.b.c` for a libcst Name/Attribute chain, else None."""
+    import libcst as cst  # here, not at the top: the library rewriter (library.py) uses this module without libcst
+
     parts = []
     while isinstance(node, cst.Attribute):
         parts.append(node.attr.value)

@@ -16,7 +16,7 @@ import sys
 import threading
 import tokenize
 
-from . import recorder
+from . import optimizer_hooks, recorder
 from .writer import warn_once
 
 _attached = False
@@ -92,10 +92,14 @@ def _start(file: str | None) -> None:
     trace_dir = os.environ.get("TC_REWRITE_TRACE_DIR") or os.path.join(run_dir, "traces")
     modules = tuple(settings.get("modules", ("torch",)))
     recorder.start(trace_dir, modules, settings)
-    if settings.get("rewrite_libraries"):
+    frameworks = settings.get("rewrite_frameworks", True)
+    if settings.get("rewrite_libraries") or frameworks:
         from . import libraries
 
-        libraries.install(tuple(settings["rewrite_libraries"]), modules, bool(settings.get("log_import_time_calls")))
+        libraries.install(
+            tuple(settings.get("rewrite_libraries", ())), modules, bool(settings.get("log_import_time_calls")), frameworks
+        )
+    optimizer_hooks.install()  # after the library finder: its after-import watch must come first on sys.meta_path
     atexit.register(recorder.flush_all, True)
     os.register_at_fork(after_in_child=recorder.after_fork_in_child)
     _install_sigterm_flush()

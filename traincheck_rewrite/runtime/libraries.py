@@ -8,12 +8,22 @@ compiles the original source) and pickling (by qualified name) see the library a
 
 Calls made while these modules and their parent packages execute (import time) are not logged unless the runtime
 setting `log_import_time_calls` asks for them: a package's set-up is not training.
+
+Training frameworks (`FRAMEWORKS`) are covered by default (`rewrite_frameworks`): when the program imports one, the
+few modules through which it drives training are rewritten, so the calls it makes on the program's behalf
+(backward, optimizer steps, zero_grad, the model's forward, gradient clipping, LR scheduler steps) are logged, and
+the modules that hold its training and evaluation loops get loop markers, so the step counter finds the loop there.
+The first run rewrites them (seconds; one line on stderr says so) and later runs load them from the cache.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 import threading
+import time
+from fnmatch import fnmatchcase
 from importlib.machinery import PathFinder, SourceFileLoader
 
 from . import codecache, recorder
@@ -26,11 +36,82 @@ HOOK = "_tc_"  # the name rewrite.calls.HOOK (not imported: the rewriter needs l
 NEVER_REWRITTEN = (
     "torch.compiler", "torch.jit", "torch._jit_internal", "torch._dynamo", "torch._inductor", "torch.fx", "torch._numpy"
 )
+# (module name or fnmatch pattern, covering submodules; its loops are marked for the step counter). Only what drives
+# training: rewriting a whole framework costs tens of seconds on a first run and logs its data plumbing.
+FRAMEWORKS = (
+    ("torch.amp.grad_scaler", False),  # GradScaler.step -> optimizer.step, unscale_
+    ("transformers.trainer", True),  # Trainer's training and evaluation loops: forward, backward, step, clip, eval
+    ("transformers.trainer_pt_utils", False),
+    ("transformers.models.*.modeling_*", False),  # the model's submodules' forwards
+    ("accelerate.accelerator", False),  # accelerator.backward, clip_grad_norm_, prepare
+    ("accelerate.optimizer", False),  # AcceleratedOptimizer.step/zero_grad -> the wrapped optimizer
+    ("accelerate.scheduler", False),
+    *(
+        (f"{lightning}.{module}", loops)
+        for lightning in ("lightning.pytorch", "pytorch_lightning")
+        for module, loops in (
+            ("loops", True),  # fit, epoch and evaluation loops; automatic optimization's closure
+            ("core.module", False),  # LightningModule.backward, optimizer_step, optimizer_zero_grad, lr_scheduler_step
+            ("core.optimizer", False),
+            ("plugins.precision", False),  # precision.optimizer_step -> optimizer.step, clip_gradients
+            ("strategies.strategy", False),
+        )
+    ),
+)
 _import_lock = threading.Lock()
 
 
 def covered(name: str, libraries: tuple[str, ...]) -> bool:
-    return any(name == lib or name.startswith(lib + ".") for lib in libraries)
+    """`name` is one of `libraries`, a submodule of one, or matches one that is a pattern."""
+    for lib in libraries:
+        if name == lib or name.startswith(lib + "."):
+            return True
+        if "*" in lib and fnmatchcase(name, lib):
+            return True
+    return False
+
+
+def framework_loops(name: str) -> bool | None:
+    """None when `name` is no framework module; else whether its loops are marked."""
+    for pattern, loops in FRAMEWORKS:
+        if covered(name, (pattern,)):
+            return loops
+    return None
+
+
+class _Progress:
+    """One line on stderr when a first run starts rewriting library modules, one when the process ends; only for
+    someone watching (a terminal, or `TC_REWRITE_PROGRESS=1`, which tc-rewrite sets when its stderr is a terminal),
+    so that the program's own output, as logged, stays what it prints."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+
+    def rewriting(self, fullname: str) -> None:
+        if self.count == 0 and (os.environ.get("TC_REWRITE_PROGRESS") == "1" or _isatty(sys.stderr)):
+            sys.stderr.write(
+                f"traincheck_rewrite: rewriting library modules for tracing ({fullname}, ...); "
+                "cached for next runs\n"
+            )
+            atexit.register(self.done)
+        self.count += 1
+
+    def done(self) -> None:
+        sys.stderr.write(
+            f"traincheck_rewrite: rewrote {self.count} library modules in {self.seconds:.1f} s "
+            f"(cached in {codecache.cache_dir()})\n"
+        )
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+_progress = _Progress()
 
 
 def _begin_import() -> None:
@@ -57,26 +138,30 @@ class _ImportTimeLoader(SourceFileLoader):
 class _RewritingLoader(_ImportTimeLoader):
     """Loads the rewritten code of a library module (from the cache, or rewritten now and cached)."""
 
-    def __init__(self, fullname: str, path: str, label: str, modules: tuple[str, ...], quiet_import: bool) -> None:
+    def __init__(self, fullname: str, path: str, label: str, modules: tuple[str, ...], quiet_import: bool, loops: bool) -> None:
         super().__init__(fullname, path)
         self.label = label  # the site prefix: "torch/optim/sgd.py"
         self.modules = modules
         self.quiet_import = quiet_import
+        self.loops = loops
 
     def get_code(self, fullname: str):
         source = self.get_data(self.path)
-        key = codecache.entry_key(source, self.path, (self.label, *self.modules))
+        key = codecache.entry_key(source, self.path, (self.label, *self.modules, "loops" if self.loops else ""))
         code = codecache.load(key)
         if code is not None:
             return code
-        from ..rewrite import RewriteError, rewrite_source  # libcst: only when the cache has no entry
+        _progress.rewriting(fullname)
+        started = time.monotonic()
+        from ..rewrite import rewrite_library
 
         try:
-            rewritten = rewrite_source(source, self.path, modules=self.modules, loops=False, library=self.label)
-        except RewriteError as exc:
-            warn_once(f"rewrite_libraries: {fullname} is not rewritten ({exc})")
+            code = compile(rewrite_library(source, self.path, self.label, self.modules, self.loops), self.path, "exec", dont_inherit=True)
+        except Exception as exc:  # RewriteError, or a bug of ours: the program runs the module as installed
+            warn_once(f"rewrite_libraries: {fullname} is not rewritten ({type(exc).__name__}: {exc})")
             return super().get_code(fullname)
-        code = compile(rewritten, self.path, "exec", dont_inherit=True)
+        finally:
+            _progress.seconds += time.monotonic() - started
         try:
             codecache.store(key, code)
         except OSError as exc:
@@ -91,17 +176,29 @@ class _RewritingLoader(_ImportTimeLoader):
             SourceFileLoader.exec_module(self, module)
 
 
+def _parents(name: str) -> set[str]:
+    """The packages above a module name or pattern (`transformers.models` for `transformers.models.*.modeling_*`)."""
+    parts = name.split(".")
+    fixed = next((i for i, part in enumerate(parts) if "*" in part), len(parts))
+    return {".".join(parts[:n]) for n in range(1, min(fixed + 1, len(parts)))}
+
+
 class LibraryFinder:
     """Claims the library modules to rewrite and, for quiet import time, their parent packages."""
 
-    def __init__(self, libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool) -> None:
+    def __init__(
+        self, libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool, frameworks: bool
+    ) -> None:
         self.libraries = libraries
+        self.frameworks = frameworks
         self.modules = modules
         self.quiet_import = not log_import_time_calls
-        self.parents = {lib.rsplit(".", n)[0] for lib in libraries for n in range(1, lib.count(".") + 1)}
+        names = (*libraries, *(pattern for pattern, _ in FRAMEWORKS)) if frameworks else libraries
+        self.parents = set().union(*(_parents(name) for name in names))
 
     def find_spec(self, fullname: str, path=None, target=None):
-        rewrite = covered(fullname, self.libraries) and not covered(fullname, NEVER_REWRITTEN)
+        loops = framework_loops(fullname) if self.frameworks else None
+        rewrite = (loops is not None or covered(fullname, self.libraries)) and not covered(fullname, NEVER_REWRITTEN)
         if not rewrite and not (self.quiet_import and fullname in self.parents):
             return None
         spec = PathFinder.find_spec(fullname, path)
@@ -110,14 +207,16 @@ class LibraryFinder:
         if rewrite:
             package = spec.submodule_search_locations is not None
             label = fullname.replace(".", "/") + ("/__init__.py" if package else ".py")
-            spec.loader = _RewritingLoader(fullname, spec.origin, label, self.modules, self.quiet_import)
+            spec.loader = _RewritingLoader(fullname, spec.origin, label, self.modules, self.quiet_import, bool(loops))
         else:
             spec.loader = _ImportTimeLoader(fullname, spec.origin)
         return spec
 
 
-def install(libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool = False) -> None:
-    """Put the finder first on `sys.meta_path` (once); warn about covered modules that are already imported."""
+def install(
+    libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool = False, frameworks: bool = True
+) -> None:
+    """Put the finder first on `sys.meta_path` (once); warn about named modules that are already imported."""
     if any(isinstance(f, LibraryFinder) for f in sys.meta_path):
         return
     early = [name for name in list(sys.modules) if covered(name, libraries)]
@@ -127,4 +226,4 @@ def install(libraries: tuple[str, ...], modules: tuple[str, ...], log_import_tim
             f"rewrite_libraries: {named} ({len(early)} modules) were imported before tracing started and are not "
             "rewritten (the instrumented script must import them itself)"
         )
-    sys.meta_path.insert(0, LibraryFinder(libraries, modules, log_import_time_calls))
+    sys.meta_path.insert(0, LibraryFinder(libraries, modules, log_import_time_calls, frameworks))

@@ -122,7 +122,8 @@ def _instrumented(module) -> bool:
     return ok
 
 
-_ROLE_STEP, _ROLE_BACKWARD, _ROLE_CHECKPOINT, _ROLE_DIST_INIT, _ROLE_NEW_OPTIMIZER = 1, 2, 3, 4, 5
+# Optimizer steps are not told by name: torch's step hooks report every one (optimizer_hooks.py).
+_ROLE_BACKWARD, _ROLE_CHECKPOINT, _ROLE_DIST_INIT, _ROLE_NEW_OPTIMIZER = 2, 3, 4, 5
 _ROLES = {
     "torch._tensor.Tensor.backward": _ROLE_BACKWARD,
     "torch.autograd.backward": _ROLE_BACKWARD,
@@ -136,11 +137,10 @@ _STAGE_CHANGERS = (".train", ".eval", "set_grad_enabled", "inference_mode", "_se
 
 
 def _info(name: str, bound: bool) -> tuple | None:
-    """(function name, is_bound_method, ends a training step, can change model state, role for steps/stage,
-    can change the stage by itself: the post record then looks again, gets records, records its arguments);
-    None for a call that is neither selected (`--invariants`) nor needed by the step counter."""
-    boundary = name.startswith("torch.optim.") and name.endswith(".step") and "lr_scheduler" not in name
-    role = _ROLE_STEP if boundary else _ROLES.get(name, 0)
+    """(function name, is_bound_method, can change model state, role for steps/stage, can change the stage by
+    itself: the post record then looks again, gets records, records its arguments); None for a call that is neither
+    selected (`--invariants`) nor needed by the step counter."""
+    role = _ROLES.get(name, 0)
     if not bound and name.startswith("torch.optim.") and "lr_scheduler" not in name and name.rsplit(".", 1)[1][:1].isupper():
         role = _ROLE_NEW_OPTIMIZER
     logged = dump_args = True
@@ -149,7 +149,7 @@ def _info(name: str, bound: bool) -> tuple | None:
         if selected is None and not role:
             return None
         logged, dump_args = selected is not None, bool(selected)
-    return (name, bound, boundary, mutates(name), role, bool(role) or name.endswith(_STAGE_CHANGERS), logged, dump_args)
+    return (name, bound, mutates(name), role, bool(role) or name.endswith(_STAGE_CHANGERS), logged, dump_args)
 
 
 def _class_path(cls: type) -> str:
@@ -425,16 +425,31 @@ def library_hook(site: str, fn):
     return hook(site, fn)
 
 
+def _library_loop(site: str, iterable):
+    """`_tc_.loop` in a framework's loop module (its training loop): not at import time."""
+    if importing or _state is None or _compiling():
+        return iterable
+    return _iterations(site, iterable)
+
+
+def _library_cond(site: str, value):
+    if importing or _compiling():
+        return value
+    return cond(site, value)
+
+
 hook.track = track
 hook.each = each
 hook.meta = set_meta
 hook.loop = loop
 hook.cond = cond
+library_hook.loop = _library_loop
+library_hook.cond = _library_cond
 
 
 def _checks_state(tracker: Tracker, info: tuple, owner) -> bool:
     """Whether this logged call is one that can change tracked state (see tracking.mutates)."""
-    if not info[3] or tracker.sampler:
+    if not info[2] or tracker.sampler:
         return False
     name = info[0]
     if name == _MODULE_CALL:
@@ -457,15 +472,15 @@ def _logged(ctx, *args, **kwargs):
     try:
         thread = _thread()
         writer, stack, tid = thread.writer, thread.stack, thread.tid
-        name, bound, boundary, _, role, restage, logged, dump_args = info
+        name, bound, _, role, restage, logged, dump_args = info
         steps = state.steps
         if role:
             _role_before(state, role)
         if state.worker_check:
             _worker_meta(state)
-        if type(site) is int:
+        if type(site) is int or not stack:  # the program's call, or a framework's outermost one
             steps.refresh()
-        else:  # a call inside a library (a string site) has the stage of the user's call it runs in
+        else:  # a call inside a library (a string site) has the stage of the logged call it runs in
             restage = False
         skip = state.sampling is not None and not _sampled(state.sampling)
         if not skip and not logged:  # not selected: no API records, but what it changes is recorded inside it
@@ -528,23 +543,18 @@ def _logged(ctx, *args, **kwargs):
         result = fn(*args, **kwargs)
     except BaseException as exc:
         local.quiet = True
-        _state_inside(tracker, check, boundary, name)
+        _state_inside(tracker, check, name)
         _close(thread, call_id, name, restage, _exception_record(exc))
         if role:
             _role_after(state, role)
         local.quiet = outer_quiet
         raise
     local.quiet = True
-    _state_inside(tracker, check, boundary, name)
+    _state_inside(tracker, check, name)
     _close(thread, call_id, name, restage, None, result)
     if role:
         _role_after(state, role)
     local.quiet = outer_quiet
-    if boundary:
-        writer.flush()
-        var_writer = thread.var_writer
-        if var_writer is not None:
-            var_writer.flush()
     return result
 
 
@@ -582,7 +592,7 @@ def _unrecorded(state: _State, role: int, fn, args, kwargs, checked_name):
     finally:
         outer_quiet, state.local.quiet = state.local.quiet, True
         if checked_name:
-            _state_inside(state.tracker, True, False, checked_name)
+            _state_inside(state.tracker, True, checked_name)
         if role:
             _role_after(state, role)
         state.local.quiet = outer_quiet
@@ -590,9 +600,7 @@ def _unrecorded(state: _State, role: int, fn, args, kwargs, checked_name):
 
 def _role_before(state: _State, role: int) -> None:
     steps = state.steps
-    if role == _ROLE_STEP:
-        steps.optimizer_step()
-    elif role == _ROLE_BACKWARD:
+    if role == _ROLE_BACKWARD:
         steps.backward()
     elif role == _ROLE_CHECKPOINT:
         steps.checkpointing += 1
@@ -629,17 +637,37 @@ def _worker_meta(state: _State) -> None:
         state.worker_check -= 1
 
 
-def _state_inside(tracker: Tracker | None, check: bool, boundary: bool, name: str) -> None:
+def _state_inside(tracker: Tracker | None, check: bool, name: str) -> None:
     """State records of what the call changed, timed inside its window (before its post record)."""
-    if tracker is None:
+    if tracker is None or not check:
         return
     try:
-        if check:
-            tracker.check(name, _emit_state, name == _MODULE_CALL)
-        elif boundary and tracker.sampler:
-            tracker.snapshot(name, _emit_state)
+        tracker.check(name, _emit_state, name == _MODULE_CALL)
     except Exception as exc:
         _recorder_error(exc)
+
+
+def after_optimizer_step(state: _State, name: str, optimizer) -> None:
+    """Run by torch's step post-hook, inside the step's call window whoever called it: the tracked state the step
+    changed (or, with the sampler style, a snapshot), then this thread's records go to disk (a step boundary)."""
+    local = state.local
+    outer_quiet, local.quiet = local.quiet, True
+    try:
+        tracker = state.tracker
+        if tracker is not None and (state.sampling is None or _sampled(state.sampling)):  # a skipped step's changes
+            if tracker.sampler:  # are recorded at the end of the skipped steps
+                tracker.snapshot(name, _emit_state)
+            else:
+                tracker.check_stepped(name, _emit_state, (p for group in optimizer.param_groups for p in group["params"]))
+        thread = local.thread
+        if thread is not None:
+            thread.writer.flush()
+            if thread.var_writer is not None:
+                thread.var_writer.flush()
+    except Exception as exc:
+        _recorder_error(exc)
+    finally:
+        local.quiet = outer_quiet
 
 
 def _exception_record(exc: BaseException) -> dict:

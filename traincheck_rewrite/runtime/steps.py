@@ -9,6 +9,11 @@ iteration does after `optimizer.step()` keeps that iteration's step. Until the t
 inside loops are held in memory (at most 2 s or 20,000 records); when it becomes known, those since the start of its
 first iteration get step 1 and stage `training`, then all are written.
 
+Optimizer steps are reported by torch's own step hooks (optimizer_hooks.py), whoever makes them. A framework's
+training loop is found the same way when its loop module is rewritten with markers (runtime/libraries.py). When an
+optimizer step runs with no marked loop iterating (a loop inside code that is not rewritten), the optimizer steps
+themselves are the training loop (`UNMARKED`): `step` becomes 1 at the first and goes up as each step returns.
+
 `stage` is `checkpointing` inside `torch.save`/`torch.load`; else, once training has started, `training` with grad
 enabled and tracked models in train mode and `evaluation` otherwise; before that, `evaluation` for loops run without
 grad or with a tracked model in eval mode, and `init` for everything else (a `@torch.no_grad()` setup function
@@ -24,6 +29,7 @@ from . import meta
 
 HOLD_LIMIT = 20_000  # records held before giving up on relabelling them (an inference loop never finds training)
 HOLD_NS = 2_000_000_000
+UNMARKED = "optimizer steps"  # the training loop when no marked loop is iterating as the optimizer steps
 
 
 class _Iteration:
@@ -105,9 +111,28 @@ class Steps:
     def optimizer_step(self) -> None:
         self.optimizer_seen = self.optimizer_made = True
         self.stepped = True
-        stack = self._stack()
-        if self.training_loop is None and stack and not self.user_step:
-            self._found(stack[-1])
+        if self.training_loop is None and not self.user_step:
+            stack = self._stack()
+            if stack:
+                self._found(stack[-1])
+            else:
+                self._found_unmarked()
+
+    def optimizer_step_done(self) -> None:
+        """With no marked training loop, the records after an optimizer step belong to the next step."""
+        if self.training_loop == UNMARKED and not self.user_step:
+            if self.before_next_step is not None:
+                self.before_next_step(self.step + 1)
+            self.step += 1
+            self.stepped = False
+            meta.update(step=self.step)
+
+    def _found_unmarked(self) -> None:
+        self.training_loop = UNMARKED
+        self.step = 1
+        meta.update(step=1, stage=self.stage())
+        if self.held is not None:
+            self.release(None)
 
     def backward(self) -> None:
         stack = self._stack()

@@ -73,8 +73,16 @@ class _Tensor:
             self.grad_ref, self.grad_version, self.grad_ptr = weakref.ref(grad), grad._version, _storage(grad)
         if keep:
             self.data, self.grad = attrs["data"], attrs["grad"]
-        if self.is_buffer:
+        if self.is_buffer or data_hash is not None:
             self.data_hash = data_hash if data_hash is not None else tensors.tensor_hash(t)
+
+    def updated_unseen(self, t) -> bool:
+        """Changed by a kernel that does not bump the version counter (fused optimizers: `torch._fused_adamw_`);
+        known by content, so only for tensors whose hash was kept (the `hash` format, buffers)."""
+        if self.data_hash is None or tensors.tensor_hash(t) == self.data_hash:
+            return False
+        self.version = None  # its data is read again when written
+        return True
 
 
 class Tracker:
@@ -134,6 +142,17 @@ class Tracker:
         for entry in self.tensors.values():
             t = entry.ref()
             if t is not None and entry.changed(t, hash_buffers):
+                changed.append((entry, t))
+        self._write(changed, "update", dump_loc, emit)
+
+    def check_stepped(self, dump_loc: str, emit, params) -> None:
+        """`check` after an optimizer step: the parameters it holds are also compared by content, since fused
+        optimizer kernels update them without bumping their version counters."""
+        stepped = {id(p) for p in params}
+        changed = []
+        for entry in self.tensors.values():
+            t = entry.ref()
+            if t is not None and (entry.changed(t, False) or (id(t) in stepped and entry.updated_unseen(t))):
                 changed.append((entry, t))
         self._write(changed, "update", dump_loc, emit)
 

@@ -1,0 +1,131 @@
+"""Library modules, rewritten by inserting text at the positions Python's own `ast` gives: the call wrapping of
+calls.py and the loop markers of loops.py, for files that are compiled at import time and never shown rewritten.
+
+The program's files go through libcst (api.py), which keeps them readable in `instrumentation.diff`. A library
+module is rewritten when the program first imports it, and a framework's are long (transformers/trainer.py: 4,800
+lines): libcst needs about 0.5 ms a line for it, 2.6 s for that file alone, while `ast.parse` (C) and a list of
+insertions take a few milliseconds. Only text is inserted, never removed, and never across a line break, so every
+line keeps its number and every original column its text. The caller compiles the result (once: the import
+hook needs the code anyway) and falls back to the original module if that fails.
+
+`f(a)` -> `_tc_("<library>:<line>:<col>", f)(a)`; `for x in it:` -> `for x in _tc_.loop("<site>", (it)):`;
+`while c:` -> `while _tc_.cond("<site>", (c)):`. What is wrapped follows calls.py in library mode: calls the name
+analysis proves harmless are left alone, and so are calls inside f-strings and bodies TorchScript compiles.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, collect_names
+from .results import RewriteError
+
+
+def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str, ...], loops: bool) -> bytes:
+    """Instrument the library module `source`; `label` ("torch/optim/sgd.py") prefixes its site strings."""
+    try:
+        tree = ast.parse(source, filename)
+    except (SyntaxError, ValueError) as exc:
+        raise RewriteError(f"{filename}: cannot parse: {exc}") from None
+    lines = source.splitlines(keepends=True)
+    finder = _Insertions(collect_names(tree, modules), lines, label, loops)
+    finder.visit(tree)
+    result = _apply(lines, finder.insertions)
+    if result.count(b"\n") != source.count(b"\n"):
+        raise RewriteError(f"{filename}: internal error: the rewrite moved lines")
+    return result
+
+
+class _Insertions(ast.NodeVisitor):
+    """Collects (line, byte column, order, text): openings before the expression they wrap, closings after it."""
+
+    def __init__(self, facts: NameFacts, lines: list[bytes], label: str, loops: bool) -> None:
+        self.facts = facts
+        self.lines = lines
+        self.label = label
+        self.loops = loops
+        self.insertions: list[tuple[int, int, tuple, bytes]] = []
+
+    def _wrap(self, node: ast.expr, opening: str, closing: str) -> None:
+        start, end = (node.lineno, node.col_offset), (node.end_lineno, node.end_col_offset)
+        # At one position: closings first (the expressions ending there), then openings, the outermost first.
+        self.insertions.append((*start, (1, -end[0], -end[1]), opening.encode()))
+        self.insertions.append((*end, (0, -start[0], -start[1]), closing.encode()))
+
+    def _site(self, line: int, col: int) -> str:
+        return f'"{self.label}:{line}:{col}"'
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
+        """A site string cannot go inside an f-string (3.11 forbids reusing its quotes there)."""
+
+    def _torchscript(self, node) -> bool:
+        for dec in node.decorator_list:
+            target = dec.func if isinstance(dec, ast.Call) else dec
+            name = _dotted(target) or ""
+            if name.endswith(TORCHSCRIPT_DECORATORS) or name in ("script", "script_method"):
+                return True
+        return False
+
+    def visit_FunctionDef(self, node) -> None:
+        if not self._torchscript(node):  # TorchScript compiles these bodies from their source: left as written
+            self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if self._may_be_api(node.func):
+            col = len(self.lines[node.lineno - 1][: node.col_offset].decode("utf-8", "replace"))
+            self._wrap(node.func, f"{HOOK}({self._site(node.lineno, col)}, ", ")")
+        self.generic_visit(node)
+
+    def _may_be_api(self, callee: ast.expr) -> bool:
+        if isinstance(callee, ast.Name):
+            return not self.facts.skippable_name(callee.id)
+        if isinstance(callee, ast.Attribute):
+            base = callee.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.JoinedStr) or (isinstance(base, ast.Constant) and isinstance(base.value, (str, bytes))):
+                return False  # "sep".join(...), "{}".format(...)
+            if isinstance(base, ast.Name) and self.facts.skippable_base(base.id):
+                return False
+        return True
+
+    def _loop(self, node, method: str, value: ast.expr) -> None:
+        if self.loops and any(isinstance(n, ast.Call) for stmt in node.body for n in ast.walk(stmt)):
+            self._wrap(value, f"{HOOK}.{method}({self._site(node.lineno, node.col_offset)}, (", "))")
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> None:
+        self._loop(node, "loop", node.iter)
+
+    def visit_While(self, node: ast.While) -> None:
+        self._loop(node, "cond", node.test)
+
+
+def _dotted(node: ast.expr) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _apply(lines: list[bytes], insertions: list[tuple[int, int, tuple, bytes]]) -> bytes:
+    by_line: dict[int, list] = {}
+    for line, col, order, text in insertions:
+        by_line.setdefault(line, []).append((col, order, text))
+    out = list(lines)
+    for line, items in by_line.items():
+        items.sort(key=lambda item: (item[0], item[1]))
+        original = lines[line - 1]
+        pieces, pos = [], 0
+        for col, _, text in items:
+            pieces += [original[pos:col], text]
+            pos = col
+        pieces.append(original[pos:])
+        out[line - 1] = b"".join(pieces)
+    return b"".join(out)

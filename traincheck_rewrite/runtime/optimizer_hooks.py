@@ -1,0 +1,73 @@
+"""Optimizer steps seen through torch's own global step hooks, whoever makes them.
+
+`torch.optim.optimizer.register_optimizer_step_pre_hook`/`_post_hook` run around every `Optimizer.step` of every
+optimizer (built-in or a subclass): called from the program, from a framework (the HF `Trainer`, Lightning, an
+`accelerate` wrapper), from a `GradScaler` (only when it really steps: a skipped step runs no hook), with or without
+a closure. So the step counter learns of each step here rather than from call-site names, and the tracked
+parameters an optimizer step changed are recorded inside the step's own call window, before its post record.
+
+The hooks are registered once `torch.optim.optimizer` has been imported (`after_import` watches for it), so
+starting the recorder imports nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import recorder
+from .values import type_name
+
+OPTIMIZER_MODULE = "torch.optim.optimizer"
+_step_names: dict[type, str] = {}
+_registered = False
+
+
+def install() -> None:
+    """Register the hooks now if torch.optim is imported, else as soon as it is."""
+    if OPTIMIZER_MODULE in sys.modules:
+        _register(sys.modules[OPTIMIZER_MODULE])
+    else:
+        from .after_import import after_import
+
+        after_import(OPTIMIZER_MODULE, _register)
+
+
+def _register(module) -> None:
+    global _registered
+    if _registered:  # a forked child inherits the parent's hooks
+        return
+    _registered = True
+    module.register_optimizer_step_pre_hook(_before_step)
+    module.register_optimizer_step_post_hook(_after_step)
+
+
+def step_name(optimizer) -> str:
+    """`torch.optim.adam.Adam.step`: the class that defines `step`, as TrainCheck names it."""
+    cls = type(optimizer)
+    name = _step_names.get(cls)
+    if name is None:
+        definer = next((base for base in cls.__mro__ if "step" in base.__dict__), cls)
+        name = _step_names[cls] = f"{type_name(definer)}.step"
+    return name
+
+
+def _before_step(optimizer, args, kwargs) -> None:
+    state = recorder._state
+    if state is None or recorder._compiling():
+        return
+    try:
+        state.steps.optimizer_step()
+    except Exception as exc:
+        recorder._recorder_error(exc)
+
+
+def _after_step(optimizer, args, kwargs) -> None:
+
+    state = recorder._state
+    if state is None or recorder._compiling():
+        return
+    recorder.after_optimizer_step(state, step_name(optimizer), optimizer)
+    try:
+        state.steps.optimizer_step_done()
+    except Exception as exc:
+        recorder._recorder_error(exc)
