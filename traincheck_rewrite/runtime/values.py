@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+import orjson
+
 MAX_ITEMS = 16
 MAX_STR = 200
 
@@ -16,6 +18,7 @@ _PRIMITIVES = (bool, int, float, str, type(None))
 _tensor_type = None
 _tensor_statics: dict = {}
 _tensor_envelopes: dict = {}  # (dtype, layout, is_cpu, device index, shape, requires_grad, is_leaf) -> envelope
+_tensor_json: dict = {}  # (dtype, layout, device, shape, requires_grad, is_leaf) -> the envelope as JSON bytes
 MAX_SHARED_ENVELOPES = 4096
 _type_names: dict = {}
 
@@ -148,3 +151,51 @@ def return_envelope(v):
     if type(v) is tuple:
         return [envelope(x) for x in v[:MAX_ITEMS]]
     return envelope(v)
+
+
+# --- envelopes as JSON bytes: what the logged call keeps in its records -------------------------------------------
+
+_dumps = orjson.dumps
+
+
+def _tensor_encoded(v) -> bytes:
+    """A tensor's envelope as JSON, computed once per kind of tensor: six attribute reads and one look-up per call."""
+    key = (v.dtype, v.layout, v.device, v.shape, v.requires_grad, v.is_leaf)
+    data = _tensor_json.get(key)
+    if data is None:
+        if len(_tensor_json) >= MAX_SHARED_ENVELOPES:
+            _tensor_json.clear()
+        data = _tensor_json[key] = _dumps(_tensor(v))
+    return data
+
+
+def _int_encoded(v: int) -> bytes:
+    return b'{"int":%d}' % v
+
+
+_NONE_JSON, _TRUE_JSON, _FALSE_JSON = b'{"NoneType":null}', b'{"bool":true}', b'{"bool":false}'
+_BYTE_ENCODERS = {
+    type(None): lambda v: _NONE_JSON,
+    bool: lambda v: _TRUE_JSON if v else _FALSE_JSON,
+    int: _int_encoded,
+}
+
+
+def encoded(v) -> bytes:
+    """`envelope(v)` as JSON bytes (the same text orjson makes of it)."""
+    encode = _BYTE_ENCODERS.get(type(v))
+    if encode is not None:
+        return encode(v)
+    if _tensor_type is None and "torch" in sys.modules:
+        _torch_encoders()
+    if _tensor_type is not None and isinstance(v, _tensor_type):
+        _BYTE_ENCODERS.setdefault(type(v), _tensor_encoded)  # torch.Tensor, nn.Parameter, subclasses: by type
+        return _tensor_encoded(v)
+    return _dumps(envelope(v))
+
+
+def encoded_return(v) -> bytes:
+    """`return_envelope(v)` as JSON bytes."""
+    if type(v) is tuple:
+        return b"[" + b",".join([encoded(x) for x in v[:MAX_ITEMS]]) + b"]"
+    return encoded(v)
