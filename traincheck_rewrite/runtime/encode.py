@@ -1,8 +1,9 @@
 """Records as the logged call keeps them (tuples) and as the trace holds them (JSON lines, trace-format.md).
 
-The hot path appends a tuple per record: no dict, no JSON. A batch is encoded at once when it is written
-(writer.py): the JSON of each meta-variables dict once per batch, argument envelopes already JSON (values.encoded,
-once per kind of tensor), the rest filled into a byte template. Times are made strictly increasing per file here.
+The hot path appends a tuple per record: no dict, no JSON. A batch is encoded when it is written (writer.py): the
+fields that vary from call to call (id, time, object, parent) are formatted per record; the rest of a record (type,
+function, process, thread, meta variables, site, argument envelopes, already JSON from values.encoded) is the same
+for many records of a batch and made once per distinct combination. Times are made strictly increasing per file.
 """
 
 from __future__ import annotations
@@ -18,35 +19,24 @@ PRE, POST, EXC, DICT = 0, 1, 2, 3
 # (EXC, n, time, meta, info, parent n, exception type name, message)
 # (DICT, None, time, meta | None, record dict): state records (meta, time, process, thread added), or a finished dict
 
-_PRE = (
-    b'{"type":"function_call (pre)","func_call_id":%d,"function":%s,"time":%d,"process_id":%d,"thread_id":%d,'
-    b'"meta_vars":%s,"is_bound_method":%s,"obj_id":%s,"parent_id":%s,"site":%s,"args":%s,"kwargs":%s,'
-    b'"proxy_obj_names":%s}\n'
-)
-_POST = (
-    b'{"type":"function_call (post)","func_call_id":%d,"function":%s,"time":%d,"process_id":%d,"thread_id":%d,'
-    b'"meta_vars":%s,"parent_id":%s,"return_values":%s}\n'
-)
-_EXC = (
-    b'{"type":"function_call (post) (exception)","func_call_id":%d,"function":%s,"time":%d,"process_id":%d,'
-    b'"thread_id":%d,"meta_vars":%s,"parent_id":%s,"exception":%s,"exception_msg":%s}\n'
-)
-_ARGS = [b"{" + b",".join(b'"%d":%%s' % i for i in range(n)) + b"}" for n in range(17)]
-_NULL = b"null"
-_dumps = orjson.dumps
+_ARGS = ["{" + ",".join('"%d":%%s' % i for i in range(n)) + "}" for n in range(17)]
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
-def _args(envs: tuple) -> bytes:
+def _json(v) -> str:
+    return orjson.dumps(v).decode()
+
+
+def _args(envs: tuple) -> str:
     if len(envs) < len(_ARGS):
         return _ARGS[len(envs)] % envs
-    return b"{" + b",".join(b'"%d":%s' % pair for pair in enumerate(envs)) + b"}"
+    return "{" + ",".join(f'"{i}":{e}' for i, e in enumerate(envs)) + "}"
 
 
-def _kwargs(kwargs: dict | None) -> bytes:
+def _kwargs(kwargs: dict | None) -> str:
     if not kwargs:
-        return b"{}"
-    return b"{" + b",".join(_dumps(k) + b":" + v for k, v in kwargs.items()) + b"}"
+        return "{}"
+    return "{" + ",".join(f"{_json(k)}:{v}" for k, v in kwargs.items()) + "}"
 
 
 def relabelled(meta: dict) -> dict:
@@ -60,8 +50,9 @@ def encode(records: list, pid: int, tid: int, last_time: int, since: int | None 
     """JSON lines of `records` and the last time written; records from time `since` on get `relabelled` meta."""
     out = []
     append = out.append
-    metas: dict[int, bytes] = {}  # id(meta) -> JSON; the records keep the dicts alive while this runs
+    metas: dict[int, str] = {}  # id(meta) -> JSON; the records keep the dicts (and infos) alive while this runs
     moved: dict[int, dict] = {}
+    tails: dict = {}  # what follows the varying fields, per distinct combination
     base = pid * 1_000_000_000
     for r in records:
         t = r[2]
@@ -80,32 +71,50 @@ def encode(records: list, pid: int, tid: int, last_time: int, since: int | None 
             if meta is not None:
                 record["time"], record["process_id"], record["thread_id"], record["meta_vars"] = t, pid, tid, meta
             try:
-                append(_dumps(record, option=_NEWLINE))
+                append(orjson.dumps(record, option=_NEWLINE))
             except Exception as exc:
                 warn_once(f"a record could not be encoded ({exc}); it is skipped")
             continue
         meta_json = metas.get(id(meta))
         if meta_json is None:
-            meta_json = metas[id(meta)] = _dumps(meta)
+            meta_json = metas[id(meta)] = _json(meta)
         info = r[4]
+        parent = r[7] if kind == PRE else r[5]
+        parent = "null" if parent is None else base + parent
         if kind == PRE:
-            obj_id, parent, site, proxies = r[6], r[7], r[5], r[10]
-            append(_PRE % (
-                base + r[1], info[NAME_JSON], t, pid, tid, meta_json, info[BOUND_JSON],
-                _NULL if obj_id is None else b"%d" % obj_id,
-                _NULL if parent is None else b"%d" % (base + parent),
-                b"%d" % site if type(site) is int else _dumps(site),
-                _args(r[8]), _kwargs(r[9]), _dumps(proxies) if proxies else b"[]",
-            ))  # fmt: skip
+            obj_id = r[6]
+            kwargs, proxies = r[9], r[10]
+            key = (id(info), r[5], meta_json, r[8]) if not (kwargs or proxies) else None
+            tail = tails.get(key) if key is not None else None
+            if tail is None:
+                site = r[5]
+                tail = (
+                    f'"function":{info[NAME_JSON]},"process_id":{pid},"thread_id":{tid},"meta_vars":{meta_json},'
+                    f'"is_bound_method":{info[BOUND_JSON]},"site":{site if type(site) is int else _json(site)},'
+                    f'"args":{_args(r[8])},"kwargs":{_kwargs(kwargs)},"proxy_obj_names":{_json(proxies) if proxies else "[]"}}}\n'
+                )
+                tail = tail.encode()
+                if key is not None:
+                    tails[key] = tail
+            append(
+                f'{{"type":"function_call (pre)","func_call_id":{base + r[1]},"time":{t},'
+                f'"obj_id":{"null" if obj_id is None else obj_id},"parent_id":{parent},'.encode()
+            )
+            append(tail)
         elif kind == POST:
-            parent = r[5]
-            append(_POST % (
-                base + r[1], info[NAME_JSON], t, pid, tid, meta_json, _NULL if parent is None else b"%d" % (base + parent), r[6]
-            ))  # fmt: skip
+            key = (id(info), meta_json, r[6])
+            tail = tails.get(key)
+            if tail is None:
+                tail = tails[key] = (
+                    f'"function":{info[NAME_JSON]},"process_id":{pid},"thread_id":{tid},"meta_vars":{meta_json},'
+                    f'"return_values":{r[6]}}}\n'
+                ).encode()
+            append(f'{{"type":"function_call (post)","func_call_id":{base + r[1]},"time":{t},"parent_id":{parent},'.encode())
+            append(tail)
         else:
-            parent = r[5]
-            append(_EXC % (
-                base + r[1], info[NAME_JSON], t, pid, tid, meta_json, _NULL if parent is None else b"%d" % (base + parent),
-                _dumps(r[6]), _dumps(r[7]),
-            ))  # fmt: skip
+            append(
+                f'{{"type":"function_call (post) (exception)","func_call_id":{base + r[1]},"time":{t},"parent_id":{parent},'
+                f'"function":{info[NAME_JSON]},"process_id":{pid},"thread_id":{tid},"meta_vars":{meta_json},'
+                f'"exception":{_json(r[6])},"exception_msg":{_json(r[7])}}}\n'.encode()
+            )
     return b"".join(out), last_time

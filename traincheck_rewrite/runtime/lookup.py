@@ -80,8 +80,8 @@ def _info(name: str, bound: bool) -> tuple | None:
     changes_state = mutates(name)
     restage = bool(role) or name.endswith(_STAGE_CHANGERS)
     plain = not (role or changes_state or restage) and logged and dump_args
-    return (name, bound, boundary, changes_state, role, restage, logged, dump_args, orjson.dumps(name),
-            b"true" if bound else b"false", plain)  # fmt: skip
+    return (name, bound, boundary, changes_state, role, restage, logged, dump_args, orjson.dumps(name).decode(),
+            "true" if bound else "false", plain)  # fmt: skip
 
 
 def _class_path(cls: type) -> str:

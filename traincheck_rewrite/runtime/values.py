@@ -18,7 +18,7 @@ _PRIMITIVES = (bool, int, float, str, type(None))
 _tensor_type = None
 _tensor_statics: dict = {}
 _tensor_envelopes: dict = {}  # (dtype, layout, is_cpu, device index, shape, requires_grad, is_leaf) -> envelope
-_tensor_json: dict = {}  # (dtype, layout, device, shape, requires_grad, is_leaf) -> the envelope as JSON bytes
+_tensor_json: dict = {}  # (dtype, layout, device, shape, is_leaf if requires_grad) -> the envelope as JSON text
 MAX_SHARED_ENVELOPES = 4096
 _type_names: dict = {}
 
@@ -153,49 +153,53 @@ def return_envelope(v):
     return envelope(v)
 
 
-# --- envelopes as JSON bytes: what the logged call keeps in its records -------------------------------------------
-
-_dumps = orjson.dumps
+# --- envelopes as JSON text: what the logged call keeps in its records ---------------------------------------------
 
 
-def _tensor_encoded(v) -> bytes:
-    """A tensor's envelope as JSON, computed once per kind of tensor: six attribute reads and one look-up per call."""
-    key = (v.dtype, v.layout, v.device, v.shape, v.requires_grad, v.is_leaf)
+def _json(v) -> str:
+    return orjson.dumps(v).decode()
+
+
+def _tensor_encoded(v) -> str:
+    # what the envelope depends on; a tensor without grad is always a leaf (one attribute read less)
+    key = (v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)
     data = _tensor_json.get(key)
     if data is None:
         if len(_tensor_json) >= MAX_SHARED_ENVELOPES:
             _tensor_json.clear()
-        data = _tensor_json[key] = _dumps(_tensor(v))
+        data = _tensor_json[key] = _json(_tensor(v))
     return data
 
 
-def _int_encoded(v: int) -> bytes:
-    return b'{"int":%d}' % v
-
-
-_NONE_JSON, _TRUE_JSON, _FALSE_JSON = b'{"NoneType":null}', b'{"bool":true}', b'{"bool":false}'
-_BYTE_ENCODERS = {
+_NONE_JSON, _TRUE_JSON, _FALSE_JSON = '{"NoneType":null}', '{"bool":true}', '{"bool":false}'
+_TEXT_ENCODERS = {
     type(None): lambda v: _NONE_JSON,
     bool: lambda v: _TRUE_JSON if v else _FALSE_JSON,
-    int: _int_encoded,
+    int: lambda v: f'{{"int":{v}}}',
 }
+_tensor_types: set = set()  # torch.Tensor, nn.Parameter and the subclasses met
 
 
-def encoded(v) -> bytes:
-    """`envelope(v)` as JSON bytes (the same text orjson makes of it)."""
-    encode = _BYTE_ENCODERS.get(type(v))
+def encoded(v) -> str:
+    """`envelope(v)` as JSON text (what orjson makes of it). A tensor's is computed once per kind of tensor (six
+    attribute reads and one look-up per call), and shared."""
+    if type(v) in _tensor_types:
+        key = (v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
+        data = _tensor_json.get(key)
+        return data if data is not None else _tensor_encoded(v)
+    encode = _TEXT_ENCODERS.get(type(v))
     if encode is not None:
         return encode(v)
     if _tensor_type is None and "torch" in sys.modules:
         _torch_encoders()
     if _tensor_type is not None and isinstance(v, _tensor_type):
-        _BYTE_ENCODERS.setdefault(type(v), _tensor_encoded)  # torch.Tensor, nn.Parameter, subclasses: by type
+        _tensor_types.add(type(v))
         return _tensor_encoded(v)
-    return _dumps(envelope(v))
+    return _json(envelope(v))
 
 
-def encoded_return(v) -> bytes:
-    """`return_envelope(v)` as JSON bytes."""
+def encoded_return(v) -> str:
+    """`return_envelope(v)` as JSON text."""
     if type(v) is tuple:
-        return b"[" + b",".join([encoded(x) for x in v[:MAX_ITEMS]]) + b"]"
+        return "[" + ",".join([encoded(x) for x in v[:MAX_ITEMS]]) + "]"
     return encoded(v)
