@@ -78,8 +78,9 @@ def test_sigkill_outside_training_loses_at_most_the_last_half_second(tmp_path: P
         "x = torch.ones(3)\n"
         "for i in range(20):\n"
         "    x = torch.add(x, i)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(120)\n"
+        "    if i == 19:  # still in the loop, which may yet turn out to be the training loop\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(120)\n"
     )
     run_dir = _kill_when_ready(script, tmp_path / "out", 1.0)
     adds = [r for r in read_records(run_dir) if r["function"] == "torch.add"]
