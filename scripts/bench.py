@@ -176,54 +176,101 @@ def framework_benchmark(pairs: int) -> list[tuple[str, float, str]]:
     ]
 
 
-def micro_benchmarks(repeats: int) -> list[tuple[str, float, str]]:
-    """In-process costs: the hook per call, and model tracking per optimizer step for a ~1M-parameter model."""
-    import os
-    import timeit
+def _per_call(recorder, trace_dir: str, fn, args: tuple, mode: str, n: int) -> float:
+    """Seconds per call of `n` calls, everything they record encoded and written within the time. mode: `plain`
+    (`fn(*args)`, no hook), `hook` (through the hook, outside any loop), `training` (inside a training loop's step),
+    `before` (inside a loop before it is known to be the training loop: the records are held, then relabelled when its
+    first optimizer step makes it known, which is timed too)."""
+    recorder.start(trace_dir, ("torch",))
+    hook, steps = recorder.hook, recorder._state.steps
+    if mode in ("training", "before"):
+        steps.iteration(7, time.monotonic_ns())
+        if mode == "training":
+            steps.optimizer_step()
+            steps.iteration(7, time.monotonic_ns())
+    start = time.process_time()  # CPU time of the process (the flusher thread included): less noisy than wall time here
+    if mode == "plain":
+        for _ in range(n):
+            fn(*args)
+    else:
+        for _ in range(n):
+            hook(1, fn)(*args)
+    if mode == "before":
+        steps.optimizer_step()
+    recorder.flush_all()
+    elapsed = time.process_time() - start
+    recorder.flush_all(close=True)
+    return elapsed / n
 
+
+CALL_CASES = (  # (label, function, mode, plain counterpart)
+    ("torch.add(x, y), no hook", "add", "plain", None),
+    ("hook, call not logged (user function)", "user", "hook", None),
+    ("logged call, no arguments, in a training loop", "dtype", "training", None),
+    ("logged call, two tensor arguments, in a training loop", "add", "training", "torch.add(x, y), no hook"),
+    ("logged call, two tensor arguments, before the loop is known", "add", "before", "torch.add(x, y), no hook"),
+)
+
+
+def call_benchmarks(repeats: int, n: int = 8000) -> list[tuple[str, float, str]]:
+    """The cost of a call through the hook: each case timed `repeats` times, cases alternating (the machine is
+    shared: neighbours move all cases alike), medians; a logged call's cost is also given as what it adds to the
+    plain call in the same rounds. `n` stays below the step counter's hold limit (20,000 records)."""
     import torch
 
     from traincheck_rewrite.runtime import recorder
-    from traincheck_rewrite.runtime.tracking import Tracker
 
     torch.set_num_threads(1)
-    out = []
+    x, y = torch.ones(8, 8), torch.ones(8, 8)
+
+    def user(v):
+        return v
+
+    calls = {"add": (torch.add, (x, y)), "user": (user, (1,)), "dtype": (torch.get_default_dtype, ())}
+    times: dict[str, list[float]] = {label: [] for label, *_ in CALL_CASES}
     with tempfile.TemporaryDirectory() as tmp:
-        recorder.start(os.path.join(tmp, "traces"), ("torch",))
-        hook = recorder.hook
-        x = torch.ones(8, 8)
-        n = 20000 * repeats
+        for r in range(repeats + 1):  # the first round warms up
+            for label, name, mode, _ in CALL_CASES:
+                fn, args = calls[name]
+                per = _per_call(recorder, os.path.join(tmp, f"{r}-{len(times[label])}-{name}-{mode}"), fn, args, mode, n)
+                if r:
+                    times[label].append(per)
+    recorder._state = None
+    out = []
+    for label, _, _, plain in CALL_CASES:
+        out.append((label, statistics.median(times[label]) * 1e6, "us per call"))
+        if plain is not None:
+            added = [t - p for t, p in zip(times[label], times[plain])]
+            out.append((f"  what it adds to the plain call", statistics.median(added) * 1e6, "us per call"))
+    return out
 
-        def user(v):
-            return v
 
-        for label, fn, args in (
-            ("hook, call not logged (user function)", user, (1,)),
-            ("logged call, no arguments", torch.get_default_dtype, ()),
-            ("logged call, two tensor arguments", torch.add, (x, x)),
-        ):
-            per = min(timeit.repeat(lambda: hook(1, fn)(*args), number=n, repeat=3)) / n
-            out.append((label, per * 1e6, "us per call"))
-        model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Linear(1000, 24))  # 1,025,024 parameters
-        params = sum(p.numel() for p in model.parameters())
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        model(torch.randn(4, 1000)).sum().backward()
-        x = torch.randn(4, 1000)
-        for fmt in ("hash", "stats", "full"):
-            tracker = Tracker(fmt, "proxy")
-            tracker.track("model", model, lambda record: None)
-            times = []
-            for _ in range(3 * repeats):  # a training step's two checks: after backward (every grad changed), after step (every parameter)
-                model(x).sum().backward()
-                start = time.perf_counter()
-                tracker.check("backward", lambda record: None)
-                elapsed = time.perf_counter() - start
-                optimizer.step()
-                start = time.perf_counter()
-                tracker.check("step", lambda record: None)
-                times.append(elapsed + time.perf_counter() - start)
-            out.append((f"tracking {params:,} parameters, {fmt}", statistics.median(times) * 1e3, "ms per step"))
-        recorder._state = None
+def micro_benchmarks(repeats: int) -> list[tuple[str, float, str]]:
+    """In-process costs: calls through the hook, and model tracking per optimizer step for a ~1M-parameter model."""
+    import torch
+
+    from traincheck_rewrite.runtime.tracking import Tracker
+
+    out = call_benchmarks(5 * repeats)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Linear(1000, 24))  # 1,025,024 parameters
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model(torch.randn(4, 1000)).sum().backward()
+    x = torch.randn(4, 1000)
+    for fmt in ("hash", "stats", "full"):
+        tracker = Tracker(fmt, "proxy")
+        tracker.track("model", model, lambda record: None)
+        times = []
+        for _ in range(3 * repeats):  # a training step's two checks: after backward (every grad changed), after step (every parameter)
+            model(x).sum().backward()
+            start = time.perf_counter()
+            tracker.check("backward", lambda record: None)
+            elapsed = time.perf_counter() - start
+            optimizer.step()
+            start = time.perf_counter()
+            tracker.check("step", lambda record: None)
+            times.append(elapsed + time.perf_counter() - start)
+        out.append((f"tracking {params:,} parameters, {fmt}", statistics.median(times) * 1e3, "ms per step"))
     return out
 
 
@@ -234,7 +281,12 @@ def main() -> None:
     parser.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default: all")
     parser.add_argument("--traincheck", type=Path, metavar="VENV", help="a virtualenv with traincheck==0.2.0 (scripts/traincheck_venv.sh)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--calls", type=int, metavar="ROUNDS", help="only the per-call micro-benchmark, this many rounds")
     args = parser.parse_args()
+    if args.calls:
+        for what, value, unit in call_benchmarks(args.calls):
+            print(f"{what:<62} {value:>9.2f} {unit}")
+        return
     workloads = args.workload or (["mlp"] if args.quick else list(WORKLOADS))
     settings = list(QUICK_SETTINGS if args.quick else SETTINGS)
     pairs = args.pairs or (1 if args.quick else 3)

@@ -1,4 +1,5 @@
-"""What survives a hard end: SIGKILL mid-run, SIGTERM, KeyboardInterrupt; and the generated script run directly."""
+"""What survives a hard end: SIGKILL mid-run (nothing before the training step in progress, at most the last half
+second outside training), SIGTERM, KeyboardInterrupt; and the generated script run directly."""
 
 from __future__ import annotations
 
@@ -39,11 +40,73 @@ def test_a_killed_direct_run_is_readable_before_it_is_sealed(tmp_path: Path):
     proc = run_plain([sys.executable, str(run_dir / "train.py")], cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL
     names = sorted(p.name for p in (run_dir / "traces").iterdir())
-    assert any(n.startswith("spill_API_") for n in names) and any(n.startswith("trace_API_") for n in names)
+    assert any(n.startswith("trace_API_") for n in names)
     stats = ReadStats()
     records = list(read_records(run_dir, stats=stats))
     assert _steps_completed(records) == 6
+    items = [r for r in records if r["function"] == "torch.Tensor.item" and r["type"] == "function_call (post)"]
+    assert len(items) == 6  # written when the 7th step began, before the kill
     assert stats.truncated_files == [n for n in names if n.startswith("trace_")]  # torn, and read all the same
+
+
+def _kill_when_ready(script: Path, out: Path, wait_s: float) -> Path:
+    """Run `script` under tc-rewrite, SIGKILL the program `wait_s` after it prints `ready`; the run folder."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--output-dir", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        time.sleep(wait_s)
+        (program,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        os.kill(program, signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGKILL, proc.stderr.read()
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+def test_sigkill_outside_training_loses_at_most_the_last_half_second(tmp_path: Path):
+    """Calls made in a loop before any training loop is known (records held for relabelling), then the program waits
+    without making any: killed a second later, every call is in the trace, closed."""
+    script = tmp_path / "warmup.py"
+    script.write_text(
+        "import time, torch\n"
+        "x = torch.ones(3)\n"
+        "for i in range(20):\n"
+        "    x = torch.add(x, i)\n"
+        "    if i == 19:  # still in the loop, which may yet turn out to be the training loop\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(120)\n"
+    )
+    run_dir = _kill_when_ready(script, tmp_path / "out", 1.0)
+    adds = [r for r in read_records(run_dir) if r["function"] == "torch.add"]
+    assert len(adds) == 40 and {r["type"] for r in adds} == {"function_call (pre)", "function_call (post)"}
+
+
+def test_sigkill_in_a_long_first_step_keeps_what_came_before_it(tmp_path: Path):
+    """Calls before the training loop, then a first training step that waits: killed inside it, every call made before
+    the step is in the trace."""
+    script = tmp_path / "slow_step.py"
+    script.write_text(
+        "import time, torch\n"
+        "w = torch.ones(3, requires_grad=True)\n"
+        "opt = torch.optim.SGD([w], lr=0.1)\n"
+        "x = torch.zeros(3)\n"
+        "for i in range(10):\n"
+        "    x = torch.sub(x, i)\n"
+        "for step in range(3):\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(120)\n"
+        "    (w * x).sum().backward()\n"
+        "    opt.step()\n"
+    )
+    run_dir = _kill_when_ready(script, tmp_path / "out", 1.0)
+    subs = [r for r in read_records(run_dir) if r["function"] == "torch.sub"]
+    assert len(subs) == 20
 
 
 def test_sigterm_to_tc_rewrite_stops_the_program_and_keeps_its_trace(tmp_path: Path):

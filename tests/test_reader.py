@@ -9,6 +9,7 @@ import orjson
 import pytest
 import zstandard
 
+from traincheck_rewrite.runtime.encode import DICT
 from traincheck_rewrite.runtime.writer import TraceWriter
 from traincheck_rewrite.trace import ReadStats, read_records
 from traincheck_rewrite.trace.recover import seal
@@ -70,24 +71,40 @@ def test_empty_files_and_decompressed_traincheck_logs(traces: Path):
     assert [r["func_call_id"] for r in got] == [7] and stats.truncated_files == [] and stats.files == 2
 
 
-def test_writer_spill_survives_without_close_and_seal_folds_it_in(traces: Path):
+def test_written_batches_survive_without_close_and_seal_closes_the_frame(traces: Path):
     writer = TraceWriter(str(traces), "API", 1, 2)
     for i in range(5):
         writer.append(rec(i), 0)
     writer.flush()  # records 0-4 compressed as one block of a frame left open
     for i in range(5, 8):
-        writer.append(rec(i), 0)  # only in the spill: the process "dies" here
-    names = sorted(p.name for p in traces.iterdir())
-    assert names == ["spill_API_1_2.jsonl", "trace_API_1_2.log.zst"]
-    stats = ReadStats()
-    assert [r["func_call_id"] for r in read_records(traces, stats=stats)] == list(range(8))
-    assert stats.truncated_files == ["trace_API_1_2.log.zst"]
-    done = seal(traces.parent)
-    assert done == {"sealed_files": 1, "recovered_records": 3}
+        writer.append(rec(i), 0)
+    writer.flush()  # a second block; the process "dies" here
     assert sorted(p.name for p in traces.iterdir()) == ["trace_API_1_2.log.zst"]
     stats = ReadStats()
     assert [r["func_call_id"] for r in read_records(traces, stats=stats)] == list(range(8))
+    assert stats.truncated_files == ["trace_API_1_2.log.zst"]
+    assert seal(traces.parent) == {"sealed_files": 1, "recovered_records": 0}
+    stats = ReadStats()
+    assert [r["func_call_id"] for r in read_records(traces, stats=stats)] == list(range(8))
     assert stats.truncated_files == []
+
+
+def test_held_records_are_written_again_relabelled_in_place(traces: Path):
+    """What the step counter holds is written at once (a kill keeps it), and rewritten when the loop becomes known."""
+    writer = TraceWriter(str(traces), "API", 1, 2)
+    writer.records.append((DICT, None, 5, {"step": 0, "stage": "init"}, {"type": "state_change", "var_name": "before"}))
+    writer.hold()
+    for t, name in ((10, "outer"), (20, "first iteration"), (30, "first iteration, later")):
+        writer.records.append((DICT, None, t, {"step": 0, "stage": "init"}, {"type": "state_change", "var_name": name}))
+        writer.flush()
+    assert [r["meta_vars"]["step"] for r in read_records(traces)] == [0, 0, 0, 0]  # written, provisionally
+    assert writer.release(since=20) == 3
+    writer.close()
+    got = [(r["var_name"], r["meta_vars"]) for r in read_records(traces)]
+    assert got == [
+        ("before", {"step": 0, "stage": "init"}), ("outer", {"step": 0, "stage": "init"}),
+        ("first iteration", {"step": 1, "stage": "training"}), ("first iteration, later", {"step": 1, "stage": "training"}),
+    ]  # fmt: skip
 
 
 def test_seal_drops_spill_records_already_compressed(traces: Path):

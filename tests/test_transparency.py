@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_plain, run_tc, site_lines
+from helpers import ROOT, api_records, run_plain, run_tc, site_lines
 
 HERE = Path(__file__).parent / "transparency"
 SCRIPTS = sorted(HERE.glob("t_*.py"))
@@ -64,3 +64,70 @@ def test_relative_import_package_behaves_the_same(tmp_path: Path):
     assert again.returncode == plain.returncode == expected_exit(pkg / "main.py"), again.stderr
     assert again.stdout == plain.stdout
     assert site_lines(run_dir), "no call was logged from the package"
+
+
+WARNING_SCRIPT = """\
+import logging, os, sys, warnings
+import torch
+import warnlib
+
+logging.basicConfig(format="%(filename)s:%(lineno)d:%(funcName)s %(message)s", stream=sys.stdout)
+warnings.simplefilter("always")
+warnings.showwarning = lambda msg, cat, filename, lineno, *rest: print(f"{os.path.basename(filename)}:{lineno}: {cat.__name__}: {msg}")
+
+
+def main():
+    warnlib.deprecated()
+    torch.nn.functional.softmax(torch.ones(2, 3))  # no dim: torch warns, naming this line
+
+
+main()
+"""
+WARNLIB = """\
+import logging, warnings
+
+log = logging.getLogger("warnlib")
+
+
+def deprecated():
+    warnings.warn("deprecated() is deprecated", DeprecationWarning, stacklevel=2)
+    log.warning("deprecated() was called", stacklevel=2)
+"""
+
+
+def test_warnings_and_log_records_with_a_stacklevel_name_the_callers_line(tmp_path: Path):
+    """A logged callee that warns or logs with stacklevel=2 names the user's line, not the recorder's wrapper."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.py").write_text(WARNING_SCRIPT)
+    (src / "warnlib.py").write_text(WARNLIB)
+    plain = run_plain([sys.executable, "train.py"], cwd=src)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines() == [
+        "train.py:11: DeprecationWarning: deprecated() is deprecated",
+        "train.py:11:main deprecated() was called",
+        "train.py:12: UserWarning: Implicit dimension choice for softmax has been deprecated. Change the call to include dim=X as an argument.",
+    ]
+    traced = run_tc(
+        ["--pyscript", str(src / "train.py"), "--copy-all-files", "--modules-to-instr", "torch", "--modules-to-instr", "warnlib"],
+        tmp_path / "out", cwd=src,
+    )
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout == plain.stdout
+    logged = {r["function"] for r in api_records(traced.run_dir)}
+    assert {"warnlib.deprecated", "torch.nn.functional.softmax"} <= logged
+
+
+def test_dynamo_makes_the_same_graphs_and_graph_breaks_under_tracing(tmp_path: Path):
+    """torch.compile never traces the recorder: loop markers, the hook and logged calls step aside while compiling."""
+    fixture = ROOT / "fixtures" / "compiled_loops"
+    env = {"TORCH_LOGS": "graph_breaks,recompiles"}
+    plain = run_plain([sys.executable, "train.py"], cwd=fixture, env_extra=env, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    assert "graph_breaks 0" not in plain.stdout  # the fixture does break its graph
+    traced = run_tc(["--pyscript", str(fixture / "train.py")], tmp_path, cwd=fixture, env_extra=env)
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout == plain.stdout
+    assert "monotonic" not in traced.stderr and "_tc_" not in traced.stderr, traced.stderr[-3000:]
+    assert traced.program_stderr.count("Graph break") == plain.stderr.count("Graph break")
+    assert any(r["function"] == "torch.optim.sgd.SGD.step" for r in api_records(traced.run_dir))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from .writer import warn_once
+from .warn import warn_once
 
 _watched: dict[str, list] = {}
 _lock = threading.Lock()

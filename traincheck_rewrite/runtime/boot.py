@@ -17,7 +17,7 @@ import threading
 import tokenize
 
 from . import optimizer_hooks, recorder
-from .writer import warn_once
+from .warn import warn_once
 
 _attached = False
 _run_dir: str | None = None
@@ -114,9 +114,9 @@ def _install_sigterm_flush() -> None:
         return
 
     def on_sigterm(signum, frame):
-        recorder.flush_all(close=True)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if recorder.terminate(signum):  # else the records being written when it came are finished first
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

@@ -27,7 +27,7 @@ from fnmatch import fnmatchcase
 from importlib.machinery import PathFinder, SourceFileLoader
 
 from . import codecache, recorder
-from .writer import warn_once
+from .warn import warn_once
 
 HOOK = "_tc_"  # the name rewrite.calls.HOOK (not imported: the rewriter needs libcst)
 # Never rewritten, even inside a named package (`torch`): what the hook itself calls (`torch.compiler.is_compiling`

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 
+from . import logged_importlib_bootstrap as calls
 from . import recorder
 from .values import type_name
 
@@ -53,21 +54,13 @@ def step_name(optimizer) -> str:
 
 def _before_step(optimizer, args, kwargs) -> None:
     state = recorder._state
-    if state is None or recorder._compiling():
+    if state is None or calls.compiling():
         return
     try:
         state.steps.optimizer_step()
     except Exception as exc:
-        recorder._recorder_error(exc)
+        calls.recorder_error(exc)
 
 
 def _after_step(optimizer, args, kwargs) -> None:
-
-    state = recorder._state
-    if state is None or recorder._compiling():
-        return
-    recorder.after_optimizer_step(state, step_name(optimizer), optimizer)
-    try:
-        state.steps.optimizer_step_done()
-    except Exception as exc:
-        recorder._recorder_error(exc)
+    recorder.after_optimizer_step(step_name(optimizer), optimizer)

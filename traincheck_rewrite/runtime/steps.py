@@ -5,9 +5,10 @@ iteration running when the first optimizer step starts (or, in a program that ma
 iteration ran `backward`). `step` is 0 before it, 1 from its first iteration, and goes up by one at each start of
 one of its iterations that follows an optimizer step, across re-entries (epochs): so micro-batch iterations of
 gradient accumulation, several optimizers and LBFGS closures all count once per optimizer step, and what an
-iteration does after `optimizer.step()` keeps that iteration's step. Until the training loop is known, records made
-inside loops are held in memory (at most 2 s or 20,000 records); when it becomes known, those since the start of its
-first iteration get step 1 and stage `training`, then all are written.
+iteration does after `optimizer.step()` keeps that iteration's step. Until the training loop is known, the records
+a thread makes inside loops are held (at most 30 s or 20,000 records): written as usual, and kept; when it becomes
+known, those since the start of its first iteration get step 1 and stage `training` and are written again in place
+(writer.py, `hold`/`release`).
 
 Optimizer steps are reported by torch's own step hooks (optimizer_hooks.py), whoever makes them. A framework's
 training loop is found the same way when its loop module is rewritten with markers (runtime/libraries.py). When an
@@ -28,7 +29,7 @@ import threading
 from . import meta
 
 HOLD_LIMIT = 20_000  # records held before giving up on relabelling them (an inference loop never finds training)
-HOLD_NS = 2_000_000_000
+HOLD_NS = 30_000_000_000  # a first iteration can be slow (lazy initialisation, a busy machine); held records are on disk already
 UNMARKED = "optimizer steps"  # the training loop when no marked loop is iterating as the optimizer steps
 
 
@@ -51,9 +52,11 @@ class Steps:
         self.stepped = False  # an optimizer step (or, without optimizer, a backward) since step last went up
         self.checkpointing = 0
         self.local = threading.local()
-        self.held: list | None = None  # [(writer, record, time)] of the holding thread
-        self.holder: int | None = None
+        self.holder: int | None = None  # the thread whose records are held until the training loop is known
         self.hold_since = 0
+        self.on_hold = None  # called on the holding thread when holding begins
+        self.on_release = None  # called with (holder, since) when it ends: see `release`
+        self.on_step = None  # called on the training thread just after `step` went up
         self.roots: dict = {}  # id -> tracked root module, for train/eval mode
         self.before_next_step = None  # called with the next step's number just before `step` goes up
         self._grad_enabled = None
@@ -86,11 +89,15 @@ class Steps:
                 self.step += 1
                 self.stepped = False
                 meta.update(step=self.step)
+                if self.on_step is not None:
+                    self.on_step()
         elif self.training_loop is not None and loop not in self.outer_loops and self.stage() == "evaluation":
             self.eval_step += 1
             meta.update(eval_step=self.eval_step)
-        if self.training_loop is None and not self.user_step and self.held is None:
-            self.held, self.holder, self.hold_since = [], threading.get_ident(), now
+        if self.training_loop is None and not self.user_step and self.holder is None:
+            self.holder, self.hold_since = threading.get_ident(), now
+            if self.on_hold is not None:
+                self.on_hold()
 
     def loop_end(self, loop: int) -> None:
         stack = self._stack()
@@ -100,7 +107,7 @@ class Steps:
                     self._ended(it)
                 del stack[i:]
                 break
-        if not stack and self.held is not None and self.holder == threading.get_ident():
+        if not stack and self.holder == threading.get_ident():
             self.release(None)  # the outermost loop ended without training: nothing to relabel
 
     def _ended(self, it: _Iteration) -> None:
@@ -126,12 +133,14 @@ class Steps:
             self.step += 1
             self.stepped = False
             meta.update(step=self.step)
+            if self.on_step is not None:
+                self.on_step()
 
     def _found_unmarked(self) -> None:
         self.training_loop = UNMARKED
         self.step = 1
         meta.update(step=1, stage=self.stage())
-        if self.held is not None:
+        if self.holder is not None:
             self.release(None)
 
     def backward(self) -> None:
@@ -153,36 +162,20 @@ class Steps:
         """A step counter the program keeps itself (meta_from: {step: ...}) wins over the automatic one."""
         self.user_step = True
         self.step = value
-        if self.held is not None:
+        if self.holder is not None:
             self.release(None)
 
     # --- held records -----------------------------------------------------------------------------------------
 
-    def hold(self, writer, record: dict, now: int) -> bool:
-        """Keep a record of the holding thread until the training loop is known; False: write it now."""
-        held = self.held
-        if held is None or self.holder != threading.get_ident():
-            return False
-        held.append((writer, record, now))
-        if len(held) >= HOLD_LIMIT or now - self.hold_since > HOLD_NS:
-            self.release(None)
-        return True
+    def hold_expired(self, now: int, held: int) -> bool:
+        """Whether holding goes on too long to be worth it (an inference loop never finds training)."""
+        return held >= HOLD_LIMIT or now - self.hold_since > HOLD_NS
 
     def release(self, since: int | None) -> None:
-        """Write the held records; those from `since` on were in the first training iteration: step 1, training."""
-        held, self.held, self.holder = self.held, None, None
-        if not held:
-            return
-        relabelled: dict[int, dict] = {}
-        for writer, record, now in held:
-            if since is not None and now >= since:
-                old = record["meta_vars"]
-                if old.get("step", 0) == 0:
-                    new = relabelled.get(id(old))
-                    if new is None:
-                        new = relabelled[id(old)] = {**old, "step": 1, "stage": "training" if old.get("stage") == "init" else old.get("stage")}
-                    record["meta_vars"] = new
-            writer.append(record, now)
+        """End holding; the held records from `since` on were in the first training iteration: step 1, training."""
+        holder, self.holder = self.holder, None
+        if holder is not None and self.on_release is not None:
+            self.on_release(holder, since)
 
     # --- stage ------------------------------------------------------------------------------------------------
 

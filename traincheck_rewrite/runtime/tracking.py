@@ -14,7 +14,7 @@ import sys
 import weakref
 
 from . import tensors
-from .writer import warn_once
+from .warn import warn_once
 
 
 class _Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+import orjson
+
 MAX_ITEMS = 16
 MAX_STR = 200
 
@@ -16,6 +18,7 @@ _PRIMITIVES = (bool, int, float, str, type(None))
 _tensor_type = None
 _tensor_statics: dict = {}
 _tensor_envelopes: dict = {}  # (dtype, layout, is_cpu, device index, shape, requires_grad, is_leaf) -> envelope
+_tensor_json: dict = {}  # (dtype, layout, device, shape, is_leaf if requires_grad) -> the envelope as JSON text
 MAX_SHARED_ENVELOPES = 4096
 _type_names: dict = {}
 
@@ -148,3 +151,55 @@ def return_envelope(v):
     if type(v) is tuple:
         return [envelope(x) for x in v[:MAX_ITEMS]]
     return envelope(v)
+
+
+# --- envelopes as JSON text: what the logged call keeps in its records ---------------------------------------------
+
+
+def _json(v) -> str:
+    return orjson.dumps(v).decode()
+
+
+def _tensor_encoded(v) -> str:
+    # what the envelope depends on; a tensor without grad is always a leaf (one attribute read less)
+    key = (v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)
+    data = _tensor_json.get(key)
+    if data is None:
+        if len(_tensor_json) >= MAX_SHARED_ENVELOPES:
+            _tensor_json.clear()
+        data = _tensor_json[key] = _json(_tensor(v))
+    return data
+
+
+_NONE_JSON, _TRUE_JSON, _FALSE_JSON = '{"NoneType":null}', '{"bool":true}', '{"bool":false}'
+_TEXT_ENCODERS = {
+    type(None): lambda v: _NONE_JSON,
+    bool: lambda v: _TRUE_JSON if v else _FALSE_JSON,
+    int: lambda v: f'{{"int":{v}}}',
+}
+_tensor_types: set = set()  # torch.Tensor, nn.Parameter and the subclasses met
+
+
+def encoded(v) -> str:
+    """`envelope(v)` as JSON text (what orjson makes of it). A tensor's is computed once per kind of tensor (six
+    attribute reads and one look-up per call), and shared."""
+    if type(v) in _tensor_types:
+        key = (v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
+        data = _tensor_json.get(key)
+        return data if data is not None else _tensor_encoded(v)
+    encode = _TEXT_ENCODERS.get(type(v))
+    if encode is not None:
+        return encode(v)
+    if _tensor_type is None and "torch" in sys.modules:
+        _torch_encoders()
+    if _tensor_type is not None and isinstance(v, _tensor_type):
+        _tensor_types.add(type(v))
+        return _tensor_encoded(v)
+    return _json(envelope(v))
+
+
+def encoded_return(v) -> str:
+    """`return_envelope(v)` as JSON text."""
+    if type(v) is tuple:
+        return "[" + ",".join([encoded(x) for x in v[:MAX_ITEMS]]) + "]"
+    return encoded(v)

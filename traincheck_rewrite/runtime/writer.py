@@ -1,116 +1,143 @@
-"""Per-thread trace files: each record goes at once into a memory-mapped spill file, which the kernel keeps if the
-process is killed; batches of the spill are compressed into the trace file as zstd block flushes.
+"""Per-thread trace files: records wait in memory as tuples and are written in batches, each batch a zstd block flush
+appended to the trace file (decodable on its own, and kept by the kernel if the process is then killed).
 
-So a SIGKILL loses no complete record: what was compressed is in `trace_*.log.zst` (every block flush is decodable
-on its own) and what was not is in `spill_*.jsonl`, which the reader and `tc-rewrite` pick up. A block flush happens
-at every training-step boundary, when the spill is half full, and at the first record after 0.5 s without one; the
-frame is closed at about 1 MiB of JSON, so a damaged byte costs at most one frame.
+A batch is written when the training loop starts a new step (recorder: `step` goes up), when the thread has made
+`BATCH` records, when its oldest waiting record is `FLUSH_AGE_NS` old (the recorder's flusher thread looks every
+0.1 s), and at every way out of the process (exit, exceptions, SIGTERM, `os._exit`, multiprocessing workers). So a
+SIGKILL loses at most the records of the training step in progress, or of the last half second outside training.
+The frame is closed at about 1 MiB of JSON, so a damaged byte costs at most one frame.
+
+While the step counter holds a thread's records (steps.py), they are written as usual but kept: when the training
+loop becomes known, the file is cut back to where holding began and they are written again, relabelled.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
-import sys
+import threading
 import time
 
 import orjson
 import zstandard
 
-SPILL_BYTES = 4 << 20
-FLUSH_AT = SPILL_BYTES // 2
+from .encode import DICT, encode
+from .warn import warn_once
+
+BATCH = 8192
 FLUSH_AGE_NS = 500_000_000
 FRAME_BYTES = 1 << 20
 INCOMPLETE = "INCOMPLETE"  # made in the trace folder when a writer gave up
 _DUMPS = orjson.dumps
-_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
 def trace_name(kind: str, pid: int, tid: int) -> str:
     return f"trace_{kind}_{pid}_{tid}.log.zst"
 
 
-def spill_name(kind: str, pid: int, tid: int) -> str:
-    return f"spill_{kind}_{pid}_{tid}.jsonl"
-
-
 class TraceWriter:
-    """Owned by one thread; `flush`/`close` may also run from the exit path of another thread."""
+    """Records of one thread are appended by that thread alone (`records.append`, atomic); `flush`, `hold` and
+    `release` may run in any thread and take `lock` (the flusher thread, the exit path, another thread releasing)."""
 
     __slots__ = (
-        "path", "spill_path", "spill", "pos", "fd", "compressor", "frame", "frame_bytes", "last_flush", "busy", "failed"
+        "path", "pid", "tid", "records", "lock", "flushing", "fd", "compressor", "frame", "frame_bytes", "last_time",
+        "failed", "held", "hold_offset", "hold_time", "closed",
     )
 
     def __init__(self, trace_dir: str, kind: str, pid: int, tid: int) -> None:
         self.path = os.path.join(trace_dir, trace_name(kind, pid, tid))
-        self.spill_path = os.path.join(trace_dir, spill_name(kind, pid, tid))
-        self.spill: mmap.mmap | None = None
-        self.pos = 0
+        self.pid, self.tid = pid, tid
+        self.records: list = []  # tuples waiting to be written (encode.py)
+        self.lock = threading.Lock()
+        self.flushing = 0  # ident of the thread inside flush (a signal handler on that thread must not wait for it)
         self.fd = -1
         # One compressor per writer: a ZstdCompressor runs one compression at a time, and frames stay open across
         # flushes, so writers sharing one (two threads, or a thread's API and VAR files) corrupt each other's frames.
         self.compressor = zstandard.ZstdCompressor(level=1)
         self.frame = None
         self.frame_bytes = 0
-        self.last_flush = time.monotonic_ns()
-        self.busy = False
+        self.last_time = 0
         self.failed = False
+        self.closed = False
+        self.held: list | None = None  # records written since holding began, kept to be written again relabelled
+        self.hold_offset = 0
+        self.hold_time = 0
 
     def append(self, record: dict, now: int) -> None:
-        if self.failed or self.busy:  # busy: a signal handler's flush interrupted us
-            return
-        try:
-            data = _DUMPS(record, option=_NEWLINE)
-        except Exception as exc:
-            warn_once(f"a record could not be encoded ({exc}); it is skipped")
-            return
-        if self.spill is None and self._open_spill() is None:
-            return
-        end = self.pos + len(data)
-        if end > SPILL_BYTES:
-            self.flush()
-            if len(data) > SPILL_BYTES:
-                self._compress(data)
-                return
-            end = self.pos + len(data)
-        self.busy = True  # a flush from a signal handler must not see the spill half written
-        self.spill[self.pos : end] = data
-        self.pos = end
-        self.busy = False
-        if end > FLUSH_AT or now - self.last_flush > FLUSH_AGE_NS:
-            self.flush()
-
-    def _open_spill(self) -> mmap.mmap | None:
-        try:
-            fd = os.open(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-            try:
-                os.ftruncate(fd, SPILL_BYTES)
-                self.spill = mmap.mmap(fd, SPILL_BYTES)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            self._fail(exc)
-        return self.spill
+        """A finished record (a dict with its own time and meta variables)."""
+        self.records.append((DICT, None, now, None, record))
 
     def flush(self, close_frame: bool = False) -> None:
-        """Compress the spill into the trace file; the spill is cleared only after the write succeeded."""
-        if self.busy or self.failed:
+        """Encode and write what waits; a record is dropped from memory only after its batch was written."""
+        if self.failed:
+            self.records.clear()
             return
-        self.busy = True
+        with self.lock:
+            self._write_waiting(close_frame)
+
+    def _write_waiting(self, close_frame: bool = False) -> None:
+        self.flushing = threading.get_ident()
         try:
-            self.last_flush = time.monotonic_ns()
-            pos = self.pos
-            if pos:
-                self._compress(self.spill[:pos], close_frame)
-                self.spill[:pos] = bytes(pos)  # NUL marks where the valid records end
-                self.pos = 0
+            records = self.records
+            n = len(records)
+            if n:
+                batch = records[:n]
+                data, last = encode(batch, self.pid, self.tid, self.last_time)
+                self._compress(data, close_frame)
+                self.last_time = last
+                del records[:n]  # appends made meanwhile stay
+                if self.held is not None:
+                    self.held += batch
             elif close_frame and self.frame is not None:
                 self._write(self.frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
                 self.frame = None
         except Exception as exc:  # disk full, unwritable folder: never the program's problem
             self._fail(exc)
         finally:
-            self.busy = False
+            self.flushing = 0
+
+    def oldest(self) -> int | None:
+        """The time of the oldest record waiting, if any."""
+        try:
+            return self.records[0][2]
+        except IndexError:
+            return None
+
+    def hold(self) -> None:
+        """Keep the records from now on until `release`: what waits is written, the frame closed (so the held records
+        start a frame of their own, which `release` can cut off)."""
+        with self.lock:
+            self._write_waiting(close_frame=True)
+            if self.failed:
+                return
+            self.held, self.hold_time = [], self.last_time
+            self.hold_offset = os.lseek(self.fd, 0, os.SEEK_END) if self.fd >= 0 else 0
+
+    def release(self, since: int | None) -> int:
+        """Stop holding; with `since`, the records from that time on (written or waiting) get `relabelled` meta: the
+        file is cut back to where holding began and the held records are written again. Returns how many were held."""
+        with self.lock:
+            held, self.held = self.held, None
+            if held is None or self.failed:
+                return 0
+            records = self.records
+            n = len(records)
+            count = len(held) + n
+            if since is None or not ((held and held[-1][2] >= since) or (n and records[n - 1][2] >= since)):
+                return count
+            self.flushing = threading.get_ident()
+            try:
+                data, last = encode(held + records[:n], self.pid, self.tid, self.hold_time, since)
+                self.frame = None
+                if self.fd >= 0:
+                    os.ftruncate(self.fd, self.hold_offset)
+                self._compress(data)
+                self.last_time = last
+                del records[:n]
+            except Exception as exc:
+                self._fail(exc)
+            finally:
+                self.flushing = 0
+            return count
 
     def _compress(self, payload: bytes, close_frame: bool = False) -> None:
         if self.frame is None:
@@ -134,6 +161,7 @@ class TraceWriter:
 
     def _fail(self, exc: Exception) -> None:
         self.failed = True
+        self.records.clear()
         warn_once(
             f"trace files in {os.path.dirname(self.path)} cannot be written ({type(exc).__name__}: {exc}); "
             "the program runs on, and what could not be written is missing from the trace",
@@ -145,39 +173,17 @@ class TraceWriter:
             pass
 
     def close(self) -> None:
-        """Flush and close the frame; the spill file goes once everything is in the trace file."""
-        self.flush(close_frame=True)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.spill is not None and not self.failed and self.pos == 0:
-            self.spill.close()
-            self.spill = None
-            try:
-                os.unlink(self.spill_path)
-            except OSError:
-                pass
+        """Write what waits and close the frame and the file (held records stay as written)."""
+        with self.lock:
+            self.held = None
+            self._write_waiting(close_frame=True)
+            self.closed = True
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
     def abandon(self) -> None:
-        """In a forked child: let go of the parent's mapping and files without touching them."""
-        if self.spill is not None:
-            self.spill.close()
+        """In a forked child: let go of the parent's file and records without touching them."""
         if self.fd >= 0:
             os.close(self.fd)
-        self.spill, self.fd, self.failed = None, -1, True
-
-
-_warned: set[str] = set()
-
-
-def warn_once(message: str, key: str | None = None) -> None:
-    """One line on stderr, once per process for each message (or each `key`)."""
-    key = key or message
-    if key in _warned:
-        return
-    _warned.add(key)
-    try:
-        sys.stderr.write(f"traincheck_rewrite: warning: {message}\n")
-        sys.stderr.flush()
-    except Exception:
-        pass
+        self.fd, self.failed, self.records = -1, True, []

@@ -1,0 +1,307 @@
+"""The logged call: what `_tc_(site, fn)(...)` runs when `fn` is an instrumented API, and the records it keeps.
+
+Why this file's name holds "importlib" and "_bootstrap": CPython's `warnings` (C `is_internal_frame`) and, from 3.11,
+`logging` (`_is_internal_frame`) skip the frames of such files when they count `stacklevel`, as they skip the import
+machinery's. So `warnings.warn(..., stacklevel=2)` or `logger.info(..., stacklevel=2)` inside a logged callee names
+the user's line, as in the plain run. Every frame that stands between the user's call and the callee lives here
+(`logged`, `_logged_general`); tests/test_transparency.py checks both.
+
+A call on the plain path (most calls: no step/stage role, no tracked state to check, no sampling) appends two tuples
+to its thread's records (encode.py) and computes argument envelopes once per kind of tensor (values.encoded).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import MethodType
+
+from . import meta
+from .encode import EXC, POST, PRE
+from .lookup import MODULE_CALL, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
+from .values import encoded, encoded_return, type_name
+from .warn import warn_once
+from .writer import BATCH
+
+state = None  # the recorder's process state (recorder.py sets it; None: not recording)
+_now = time.monotonic_ns
+_NO_PROXIES: list = []
+
+
+def _compiling_before_torch() -> bool:
+    """Stands in for torch.compiler.is_compiling until torch is imported."""
+    global compiling
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "compiler"):
+        return False
+    compiling = torch.compiler.is_compiling
+    return compiling()
+
+
+compiling = _compiling_before_torch  # the recorder's entry points return at once while dynamo compiles
+
+
+def hook(site, fn):
+    """What `_tc_(site, fn)` evaluates to: `fn`, or `fn` wrapped so that the call is logged.
+
+    Under torch.compile, dynamo traces this function and folds `compiling()` to True: the compiled graph sees the
+    plain call and nothing of the recorder.
+    """
+    if state is None or compiling():
+        return fn
+    try:
+        found = lookup(fn)
+    except Exception as exc:
+        recorder_error(exc)
+        return fn
+    if found is None:
+        return fn
+    return MethodType(logged, (site, fn, found[0], found[1]))
+
+
+def logged(ctx, *args, **kwargs):
+    """The plain path: a pre record, the call, a post (or exception) record; anything else goes the general way."""
+    site, fn, info, owner = ctx
+    s = state
+    if s is None or not (info[PLAIN] and s.plain) or compiling():
+        return _logged_general(s, site, fn, info, owner, args, kwargs)
+    try:
+        thread = s.local.thread or s.new_thread()
+        stack = thread.stack
+        if type(site) is int or not stack:  # the program's call, or a framework's outermost one: a call inside a
+            s.steps.refresh()  # library (a string site) has the stage of the logged call it runs in
+        envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
+        parent = stack[-1] if stack else None
+        tracker = s.tracker
+        n = next(s.ids)
+        records = thread.records
+        records.append((
+            PRE, n, _now(), meta.current, info, site,
+            id(owner) if owner is not None else id(args[0]) if info[1] and args else None, parent, envs,
+            {k: encoded(v) for k, v in kwargs.items()} if kwargs else None,
+            tracker.proxy_names(owner, args) if tracker is not None and tracker.names_by_id else _NO_PROXIES,
+        ))  # fmt: skip
+    except Exception as exc:
+        recorder_error(exc)
+        return fn(*args, **kwargs)
+    stack.append(n)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        closed_by_exception(thread, n, info, parent, exc)
+        raise
+    if stack and stack[-1] == n:
+        stack.pop()
+    try:
+        records.append((POST, n, _now(), meta.current, info, parent, encoded_return(result)))
+        if len(records) >= BATCH:
+            s.flush_thread(thread)
+    except Exception as exc:
+        recorder_error(exc)
+    return result
+
+
+def _logged_general(s, site, fn, info, owner, args, kwargs):
+    """Calls with a role for steps or stage, state to check, sampling or selection, or made while compiling."""
+    if s is None or compiling():
+        return fn(*args, **kwargs)
+    tracker = s.tracker
+    check = skip = False
+    local = s.local
+    outer_quiet = local.quiet  # True when the recorder's own work led to this call
+    local.quiet = True  # the recorder's own work calls no logged library code
+    try:
+        thread = local.thread or s.new_thread()
+        name, bound, _, role, restage, logged_, dump_args = info[:7]
+        if role:
+            role_before(s, role)
+        if s.worker_check:
+            worker_meta(s)
+        if type(site) is int or not thread.stack:  # the program's call, or a framework's outermost one
+            s.steps.refresh()
+        else:  # a call inside a library (a string site) has the stage of the logged call it runs in
+            restage = False
+        skip = s.sampling is not None and not sampled(s.sampling)
+        if not skip and not logged_:  # not selected: no API records, but what it changes is recorded inside it
+            check = tracker is not None and checks_state(tracker, info, owner)
+            if check:
+                tracker.check(f"before {name}", s.emit_state, name == MODULE_CALL)
+            skip = True
+    except Exception as exc:
+        local.quiet = outer_quiet
+        recorder_error(exc)
+        return fn(*args, **kwargs)
+    local.quiet = outer_quiet
+    if skip:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            unrecorded_after(s, role, check and name)
+    local.quiet = True
+    try:
+        proxies = _NO_PROXIES
+        if tracker is not None:
+            proxies = tracker.proxy_names(owner, args)
+            check = checks_state(tracker, info, owner)
+            if check:  # changes made since the last record by code that is not logged: before this call's window
+                tracker.check(f"before {name}", s.emit_state, name == MODULE_CALL)
+        envs, kw = (), None
+        if dump_args:
+            envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
+            kw = {k: encoded(v) for k, v in kwargs.items()} if kwargs else None
+        stack = thread.stack
+        parent = stack[-1] if stack else None
+        n = next(s.ids)
+        obj_id = id(owner) if owner is not None else id(args[0]) if bound and args else None
+        thread.records.append((PRE, n, _now(), meta.current, info, site, obj_id, parent, envs, kw, proxies))
+    except Exception as exc:
+        local.quiet = outer_quiet
+        recorder_error(exc)
+        return fn(*args, **kwargs)
+    stack.append(n)
+    local.quiet = outer_quiet
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        after_call(s, thread, n, info, parent, restage, check, exc)
+        raise
+    after_call(s, thread, n, info, parent, restage, check, None, result)
+    return result
+
+
+# --- what the general path does around the call -----------------------------------------------------------------
+
+
+def closed_by_exception(thread, n: int, info: tuple, parent, exc: BaseException) -> None:
+    """The exception record of a call on the plain path."""
+    stack = thread.stack
+    if stack and stack[-1] == n:
+        stack.pop()
+    try:
+        msg = _message(exc)
+        thread.records.append((EXC, n, _now(), meta.current, info, parent, type_name(type(exc)), msg))
+    except Exception as error:
+        recorder_error(error)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)[:1000]
+    except Exception:
+        return "<str() failed>"
+
+
+def after_call(s, thread, n: int, info: tuple, parent, restage: bool, check: bool, exc, result=None) -> None:
+    """State records of what the call changed (inside its window), the post or exception record, the role's end."""
+    local = s.local
+    outer_quiet, local.quiet = local.quiet, True
+    try:
+        name, role = info[NAME], info[ROLE]
+        state_inside(s, check, name)
+        stack = thread.stack
+        if stack and stack[-1] == n:
+            stack.pop()
+        if restage:
+            s.steps.refresh()
+        if exc is None:
+            thread.records.append((POST, n, _now(), meta.current, info, parent, encoded_return(result)))
+        else:
+            thread.records.append((EXC, n, _now(), meta.current, info, parent, type_name(type(exc)), _message(exc)))
+        if role:
+            role_after(s, role)
+        if len(thread.records) >= BATCH:
+            s.flush_thread(thread)
+    except Exception as error:
+        recorder_error(error)
+    finally:
+        local.quiet = outer_quiet
+
+
+def unrecorded_after(s, role: int, checked_name) -> None:
+    """After a call without API records (not selected, or in a step the sampling skips): it still counts for steps,
+    and when `checked_name` is given the tracked state it changed is recorded as it returns."""
+    local = s.local
+    outer_quiet, local.quiet = local.quiet, True
+    try:
+        if checked_name:
+            state_inside(s, True, checked_name)
+        if role:
+            role_after(s, role)
+    finally:
+        local.quiet = outer_quiet
+
+
+def checks_state(tracker, info: tuple, owner) -> bool:
+    """Whether this logged call is one that can change tracked state (see tracking.mutates)."""
+    if not info[MUTATES] or tracker.sampler:
+        return False
+    name = info[0]
+    if name == MODULE_CALL:
+        return id(owner) in tracker.roots  # the tracked model's forward updates buffers; submodules' calls are inside it
+    if name[-1] == "_" and owner is not None and not name.startswith("torch.optim."):
+        return id(owner) in tracker.names_by_id or tracker.dirty_by_storage(owner)
+    return True
+
+
+def state_inside(s, check: bool, name: str) -> None:
+    """State records of what the call changed, timed inside its window (before its post record)."""
+    tracker = s.tracker
+    if tracker is None or not check:
+        return
+    try:
+        tracker.check(name, s.emit_state, name == MODULE_CALL)
+    except Exception as exc:
+        recorder_error(exc)
+
+
+def sampled(sampling: tuple[int, int]) -> bool:
+    """Whether this moment's records are kept: all outside training, steps 1..warm_up, then every interval-th."""
+    current = meta.current
+    step = current.get("step")
+    if current.get("stage") != "training" or type(step) is not int:
+        return True
+    warm_up, interval = sampling
+    return step <= warm_up or (step - warm_up) % interval == 0
+
+
+def role_before(s, role: int) -> None:
+    steps = s.steps
+    if role == ROLE_BACKWARD:
+        steps.backward()
+    elif role == ROLE_CHECKPOINT:
+        steps.checkpointing += 1
+    elif role == ROLE_NEW_OPTIMIZER:
+        steps.optimizer_made = True
+
+
+def role_after(s, role: int) -> None:
+    """After the post record: a checkpoint call's pre and post records both say `checkpointing`."""
+    try:
+        if role == ROLE_CHECKPOINT:
+            s.steps.checkpointing -= 1
+        elif role == ROLE_DIST_INIT:
+            dist = sys.modules["torch.distributed"]
+            if dist.is_initialized():
+                rank = dist.get_rank()
+                meta.update(rank=rank, world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", rank)))
+    except Exception as exc:
+        recorder_error(exc)
+
+
+def worker_meta(s) -> None:
+    """In a child process, the DataLoader worker's id, once torch says which worker this is (a child that is no
+    DataLoader worker stops asking after a while)."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    if info is not None:
+        meta.update(worker_id=info.id)
+        s.worker_check = 0
+    else:
+        s.worker_check -= 1
+    if not s.worker_check:
+        s.plain = s.sampling is None
+
+
+def recorder_error(exc: Exception) -> None:
+    warn_once(f"recorder error ({type(exc).__name__}: {exc}); the program runs on, this call is not logged")

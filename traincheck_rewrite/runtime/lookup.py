@@ -1,0 +1,199 @@
+"""The hook's decision: is a callee an instrumented API, and what is it (name, role for steps and stage, what its
+records hold)?
+
+The decision depends only on the callee and is cached per function, type or (type, method name) (bounded), so a call
+that is not an instrumented API costs one function call and one or two dict look-ups and then runs in the user's own
+frame.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
+
+import orjson
+
+from .tracking import mutates
+from .values import type_name
+
+MODULE_CALL = "torch.nn.modules.module.Module.__call__"
+
+# Definitions reached through a C base class are named after the class users know.
+_CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
+
+# What an info tuple holds, by index.
+NAME, BOUND, MUTATES, ROLE, RESTAGE, LOGGED, DUMP_ARGS, NAME_JSON, BOUND_JSON, PLAIN = range(10)
+
+# Optimizer steps are not told by name: torch's step hooks report every one (optimizer_hooks.py).
+ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER = 2, 3, 4, 5
+_ROLES = {
+    "torch._tensor.Tensor.backward": ROLE_BACKWARD,
+    "torch.autograd.backward": ROLE_BACKWARD,
+    "torch.serialization.save": ROLE_CHECKPOINT,
+    "torch.serialization.load": ROLE_CHECKPOINT,
+    "torch.distributed.distributed_c10d.init_process_group": ROLE_DIST_INIT,
+}
+
+_STAGE_CHANGERS = (".train", ".eval", "set_grad_enabled", "inference_mode", "_set_grad_enabled")
+
+_modules: tuple[str, ...] = ()
+_select: dict | None = None  # API name -> record its arguments (`--invariants`); None: every API
+_module_ok: dict[str, bool] = {}
+_method_info: dict = {}  # (type, name) -> info | None
+_class_info: dict = {}  # class (called to construct) -> info | None
+_call_info: dict = {}  # type of a callable instance -> info | None
+_local_paths: dict = {}
+_function_info: dict = {}  # instrumented function object -> info
+
+
+def configure(modules: tuple[str, ...], select: dict | None) -> None:
+    """Start over with these instrumented modules and this selection."""
+    global _modules, _select
+    _modules, _select = modules, select
+    for cache in (_module_ok, _method_info, _class_info, _call_info, _function_info):
+        cache.clear()
+
+
+def _instrumented(module) -> bool:
+    ok = _module_ok.get(module)
+    if ok is None:
+        ok = bool(module) and isinstance(module, str) and any(module == m or module.startswith(m + ".") for m in _modules)
+        _module_ok[module] = ok
+    return ok
+
+
+def _info(name: str, bound: bool) -> tuple | None:
+    """The info tuple (see the indexes above): function name, is_bound_method, can change model state, role for steps/stage, can change the stage by itself (the post record then looks again), gets
+    records, records its arguments, the name and is_bound_method as JSON, and whether the call takes the plain path
+    (no role, no state check, no stage change, records with arguments). None for a call that is neither selected
+    (`--invariants`) nor needed by the step counter."""
+    role = _ROLES.get(name, 0)
+    if not bound and name.startswith("torch.optim.") and "lr_scheduler" not in name and name.rsplit(".", 1)[1][:1].isupper():
+        role = ROLE_NEW_OPTIMIZER
+    logged = dump_args = True
+    if _select is not None:
+        selected = _select.get(name)
+        if selected is None and not role:
+            return None
+        logged, dump_args = selected is not None, bool(selected)
+    changes_state = mutates(name)
+    restage = bool(role) or name.endswith(_STAGE_CHANGERS)
+    plain = not (role or changes_state or restage) and logged and dump_args
+    return (name, bound, changes_state, role, restage, logged, dump_args, orjson.dumps(name).decode(),
+            "true" if bound else "false", plain)  # fmt: skip
+
+
+def _class_path(cls: type) -> str:
+    path = type_name(cls)
+    return _CLASS_ALIASES.get(path, path)
+
+
+def _definer(cls: type, name: str) -> type | None:
+    for base in cls.__mro__:
+        if name in base.__dict__:
+            return base
+    return None
+
+
+def _method(cls: type, name: str):
+    key = (cls, name)
+    try:
+        return _method_info[key]
+    except KeyError:
+        pass
+    definer = _definer(cls, name)
+    info = None
+    if definer is not None and _instrumented(definer.__module__):
+        info = _info(f"{_class_path(definer)}.{name}", True)
+    _method_info[key] = info
+    return info
+
+
+def _cache_function(fn, info: tuple | None):
+    """Remember `fn`'s info; False stands for "not logged" (None is "not looked up yet")."""
+    if len(_function_info) > 50_000:  # functions made at run time (closures) must not pile up
+        _function_info.clear()
+    _function_info[fn] = info or False
+    return info
+
+
+def _function_path(fn) -> str:
+    """module.qualname, or, for a closure made by a decorator (`F.max_pool2d`), the module attribute it is."""
+    qualname = fn.__qualname__
+    if "<locals>" not in qualname:
+        return f"{fn.__module__}.{qualname}"
+    key = (fn.__module__, fn.__name__, qualname)
+    path = _local_paths.get(key)
+    if path is None:
+        module = sys.modules.get(fn.__module__)
+        exported = module is not None and getattr(module, fn.__name__, None) is fn
+        path = _local_paths[key] = f"{fn.__module__}.{fn.__name__ if exported else qualname}"
+    return path
+
+
+def _defined_in_class(fn) -> bool:
+    """A method reached as a plain function (`Optimizer.step(opt)`, a decorator's `func(self, ...)` inside a library):
+    logged as bound like its other calls, since TrainCheck needs one `is_bound_method` per function."""
+    parts = fn.__qualname__.rsplit(".", 2)
+    return len(parts) > 1 and parts[-2] != "<locals>"
+
+
+def lookup(fn):
+    """(info, self) when `fn` is an instrumented API, else None."""
+    t = type(fn)
+    if t is FunctionType:
+        info = _function_info.get(fn)
+        if info is None:
+            if not _instrumented(fn.__module__):
+                return None  # decided by module name: user functions made in a loop are not kept alive here
+            info = _cache_function(fn, _info(_function_path(fn), _defined_in_class(fn)))
+        return (info, None) if info else None
+    if t is MethodType:
+        func = fn.__func__
+        info = _function_info.get(func)
+        if info is None:
+            if not _instrumented(getattr(func, "__module__", None)):
+                return None
+            info = _cache_function(func, _info(_function_path(func), True))
+        return (info, fn.__self__) if info else None
+    if t is BuiltinFunctionType:  # also bound C methods
+        owner = fn.__self__
+        if owner is None or type(owner) is ModuleType:
+            info = _function_info.get(fn)
+            if info is None:
+                module = fn.__module__ or getattr(owner, "__name__", None)
+                if not _instrumented(module):
+                    return None
+                info = _cache_function(fn, _info(f"{module}.{fn.__name__}", False))
+            return (info, None) if info else None
+        if isinstance(owner, type):
+            info = _method(owner, fn.__name__)
+            return (info, None) if info is not None else None
+        info = _method(type(owner), fn.__name__)
+        return (info, owner) if info is not None else None
+    if isinstance(fn, type):
+        try:
+            info = _class_info[fn]
+        except KeyError:
+            info = _class_info[fn] = _info(_class_path(fn), False) if _instrumented(fn.__module__) else None
+        return (info, None) if info is not None else None
+    try:
+        info = _call_info[t]
+    except KeyError:
+        info = _classify(fn, t)
+    return (info, fn if info[1] else None) if info is not None else None
+
+
+def _classify(fn, t: type):
+    """Descriptors and callable instances: cached per type."""
+    objclass = getattr(fn, "__objclass__", None)  # unbound C method: torch.Tensor.add(x, y)
+    if isinstance(objclass, type):
+        name = getattr(fn, "__name__", "")
+        # descriptors are shared objects of a few types: decided each time, not cached by type
+        return _info(f"{_class_path(objclass)}.{name}", False) if _instrumented(objclass.__module__) else None
+    definer = _definer(t, "__call__")
+    info = None
+    if definer is not None and _instrumented(definer.__module__):
+        info = _info(f"{_class_path(definer)}.__call__", True)
+    _call_info[t] = info
+    return info
