@@ -137,6 +137,55 @@ def trace_export(run_dir, to, fmt):
         click.echo(f"tc-rewrite: {len(stats.truncated_files)} trace files ended torn; read up to the tear", err=True)
 
 
+@trace_group.command("diff")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_A RUN_B | RUN... --ranks A,B")
+@click.option("--ranks", metavar="A,B", help="Compare two ranks of one job (its run folders) instead of two runs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the report.")
+def trace_diff(runs, ranks, as_json):
+    """Where two runs first differ: the first step whose tracked tensors differ, the first differing call (with both
+    call sites), then differences per step. Exit code 0 when equal, 1 when different, 2 on bad input."""
+    from .trace.diff import diff_job, format_diff
+
+    if ranks is not None:
+        pair = _ranks(ranks)
+        if len(pair) != 2:
+            raise _OneLineError(f"--ranks {ranks}: give exactly two ranks, as in --ranks 0,1")
+        job = _job(runs)
+        side_a, side_b = (_guard(job.select, [r]) for r in pair)
+    else:
+        if len(runs) != 2:
+            raise _OneLineError(f"give two run folders (got {len(runs)}), or one job's folders with --ranks A,B")
+        side_a, side_b = _job(runs[:1]), _job(runs[1:])
+    result = diff_job(side_a, side_b)
+    click.echo(json.dumps(result, sort_keys=True) if as_json else format_diff(result))
+    sys.exit(0 if result["equal"] else 1)
+
+
+def _ranks(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise _OneLineError(f"--ranks {text}: expected comma-separated integers, as in 0,1") from None
+
+
+def _guard(fn, *args):
+    """Call fn, turning a JobError into the one-line error of the CLI."""
+    from .trace.job import JobError
+
+    try:
+        return fn(*args)
+    except JobError as exc:
+        raise _OneLineError(str(exc)) from None
+
+
+def _job(paths):
+    from .trace.job import open_job
+
+    return _guard(open_job, list(paths))
+
+
 def _run_dir(path: str) -> Path:
     folder = Path(path)
     if not folder.is_dir():
