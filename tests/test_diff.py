@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIXTURES, ROOT, run_tc
+from helpers import FIXTURES, ROOT
 
 DIVERGE = FIXTURES / "diverge"
 TRAIN = (DIVERGE / "train.py").read_text().splitlines()
@@ -35,18 +35,14 @@ def diff_json(*args: str) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    out = {}
-    for name, args in {
-        "healthy": [],
-        "healthy_again": [],
-        "no_zero_grad": ["--skip-zero-grad-from", "5"],
-        "lr": ["--lr", "0.05"],
-    }.items():
-        result = run_tc([str(DIVERGE / "config.yaml"), "--", *args], tmp_path_factory.mktemp(name))
-        assert result.returncode == 0 and result.run_dir is not None, result.stderr
-        out[name] = result.run_dir
-    return out
+def runs(traced) -> dict[str, Path]:
+    config = DIVERGE / "config.yaml"
+    return {
+        "healthy": traced(config),
+        "healthy_again": traced(config, "--steps", "8"),  # the default, spelled out: a second run of the same seed
+        "no_zero_grad": traced(config, "--skip-zero-grad-from", "5"),
+        "lr": traced(config, "--lr", "0.05"),
+    }
 
 
 def test_runs_of_the_same_seed_are_equal(runs):
@@ -126,13 +122,8 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory) -> dict[str, Path]:
-    out = {}
-    for name, env in {"in_sync": {}, "perturbed": {"PERTURB": "1"}}.items():
-        result = run_tc([str(DIVERGE / "ddp.yaml")], tmp_path_factory.mktemp(name), env_extra=env)
-        assert result.returncode == 0 and result.run_dir is not None, result.stderr
-        out[name] = result.run_dir
-    return out
+def ddp_runs(traced) -> dict[str, Path]:
+    return {"in_sync": traced(DIVERGE / "ddp.yaml"), "perturbed": traced(DIVERGE / "ddp.yaml", env={"PERTURB": "1"})}
 
 
 def test_ranks_in_sync_are_equal(ddp_runs):

@@ -119,15 +119,33 @@ def trace_summary(run_dir, as_json):
 
 
 @trace_group.command("export")
-@click.argument("run_dir")
-@click.option("--to", "to", required=True, metavar="DIR", help="New (or empty) folder to write.")
-@click.option("--format", "fmt", type=click.Choice(["traincheck"]), default="traincheck", show_default=True)
-def trace_export(run_dir, to, fmt):
-    """Write RUN_DIR's trace as a folder TrainCheck's engine reads as it is (traincheck-infer -f DIR)."""
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--to", "to", required=True, metavar="PATH", help="traincheck, parquet: a new (or empty) folder; chrome: a file (.json or .json.gz).")
+@click.option("--format", "fmt", type=click.Choice(["traincheck", "chrome", "parquet"]), default="traincheck", show_default=True)
+@click.option("--ranks", metavar="A,B,...", help="chrome, parquet: only these ranks.")
+@click.option("--steps", metavar="A-B", help="chrome: only calls and state changes of steps A to B (inclusive).")
+def trace_export(runs, to, fmt, ranks, steps):
+    """Write the trace of RUN (several run folders: one job, one folder per node) as a folder TrainCheck's engine
+    reads as it is (traincheck-infer -f DIR), a timeline for Perfetto / chrome://tracing / vizviewer (chrome), or
+    Parquet tables (parquet; needs the query extra)."""
+    if fmt == "chrome":
+        from .trace.chrome import ChromeExportError, export_chrome
+
+        job = _job(runs)
+        try:
+            stats = _guard(export_chrome, job, to, ranks=_ranks(ranks), steps=_steps(steps))
+        except ChromeExportError as exc:
+            raise _OneLineError(str(exc)) from None
+        click.echo(f"tc-rewrite: wrote {stats.slices} call slices, {stats.steps} step slices and {stats.instants} "
+                   f"instant events of {stats.processes} processes ({stats.threads} threads) to {to}", err=True)
+        return
+    if ranks is not None or steps is not None:
+        if fmt == "traincheck":
+            raise _OneLineError("--ranks and --steps apply to --format chrome and parquet only")
     from .trace.export import ExportError, export_traincheck
 
     try:
-        stats = export_traincheck(_run_dir(run_dir), to)
+        stats = export_traincheck(_run_dir(runs[0]), to)
     except ExportError as exc:
         raise _OneLineError(str(exc)) from None
     click.echo(f"tc-rewrite: exported {stats.records} records in {stats.files} files to {to}", err=True)
@@ -135,6 +153,19 @@ def trace_export(run_dir, to, fmt):
         click.echo(f"tc-rewrite: dropped {stats.dropped_open_calls} calls left open by a killed process", err=True)
     if stats.truncated_files:
         click.echo(f"tc-rewrite: {len(stats.truncated_files)} trace files ended torn; read up to the tear", err=True)
+
+
+def _steps(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    first, sep, last = text.partition("-")
+    try:
+        span = (int(first), int(last) if sep else int(first))
+    except ValueError:
+        raise _OneLineError(f"--steps {text}: expected A-B (or one step), as in 10-20") from None
+    if span[0] > span[1]:
+        raise _OneLineError(f"--steps {text}: the first step is after the last")
+    return span
 
 
 @trace_group.command("diff")
@@ -170,12 +201,12 @@ def _ranks(text: str | None) -> list[int] | None:
         raise _OneLineError(f"--ranks {text}: expected comma-separated integers, as in 0,1") from None
 
 
-def _guard(fn, *args):
+def _guard(fn, *args, **kwargs):
     """Call fn, turning a JobError into the one-line error of the CLI."""
     from .trace.job import JobError
 
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except JobError as exc:
         raise _OneLineError(str(exc)) from None
 
