@@ -139,9 +139,20 @@ def trace_export(runs, to, fmt, ranks, steps):
         click.echo(f"tc-rewrite: wrote {stats.slices} call slices, {stats.steps} step slices and {stats.instants} "
                    f"instant events of {stats.processes} processes ({stats.threads} threads) to {to}", err=True)
         return
+    if fmt == "parquet":
+        from .trace.query import QueryError, export_parquet
+
+        if steps is not None:
+            raise _OneLineError("--steps applies to --format chrome only")
+        try:
+            counts = _guard(export_parquet, _job(runs), to, ranks=_ranks(ranks))
+        except QueryError as exc:
+            raise _OneLineError(str(exc)) from None
+        click.echo(f"tc-rewrite: wrote {counts['calls']} calls, {counts['states']} states and {counts['sites']} sites "
+                   f"in {counts['files']} Parquet files to {to}", err=True)
+        return
     if ranks is not None or steps is not None:
-        if fmt == "traincheck":
-            raise _OneLineError("--ranks and --steps apply to --format chrome and parquet only")
+        raise _OneLineError("--ranks and --steps apply to --format chrome and parquet only")
     from .trace.export import ExportError, export_traincheck
 
     try:
@@ -190,6 +201,27 @@ def trace_diff(runs, ranks, as_json):
     result = diff_job(side_a, side_b)
     click.echo(json.dumps(result, sort_keys=True) if as_json else format_diff(result))
     sys.exit(0 if result["equal"] else 1)
+
+
+@trace_group.command("query")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.argument("sql")
+@click.option("--ranks", metavar="A,B,...", help="Only these ranks' calls and states.")
+@click.option("--json", "as_json", is_flag=True, help="The rows as a JSON list of objects.")
+def trace_query(runs, sql, ranks, as_json):
+    """Run SQL on DuckDB over the views calls, states and sites of RUN (docs/trace-tools.md lists their columns),
+    e.g. "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC". Needs the query extra."""
+    from .trace.query import QueryError, duckdb_module, format_rows, run_query
+
+    try:
+        duckdb_module()
+        columns, rows = _guard(run_query, _job(runs), sql, ranks=_ranks(ranks))
+    except QueryError as exc:
+        raise _OneLineError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([dict(zip(columns, row)) for row in rows], default=str))
+    else:
+        click.echo(format_rows(columns, rows))
 
 
 def _ranks(text: str | None) -> list[int] | None:
