@@ -107,14 +107,17 @@ def trace_group():
 
 
 @trace_group.command("summary")
-@click.argument("run_dir")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
-def trace_summary(run_dir, as_json):
-    """Counts of calls, functions, state changes, processes, steps and stages of RUN_DIR."""
+def trace_summary(runs, as_json):
+    """Counts of calls, functions, state changes, processes, ranks, steps and stages of RUN (several run folders:
+    one job, one folder per node)."""
     from .trace.summary import format_summary, summarize
 
-    folder = _run_dir(run_dir)
-    data = summarize(folder)
+    folders = [_run_dir(r) for r in runs]
+    if len(folders) > 1:
+        _job(folders)  # refuses folders of different jobs
+    data = summarize(folders if len(folders) > 1 else folders[0])
     click.echo(json.dumps(data, sort_keys=True) if as_json else format_summary(data))
 
 
@@ -156,7 +159,10 @@ def trace_export(runs, to, fmt, ranks, steps):
     from .trace.export import ExportError, export_traincheck
 
     try:
-        stats = export_traincheck(_run_dir(runs[0]), to)
+        folders = [_run_dir(r) for r in runs]
+        if len(folders) > 1:
+            _job(folders)  # refuses folders of different jobs
+        stats = export_traincheck(folders if len(folders) > 1 else folders[0], to)
     except ExportError as exc:
         raise _OneLineError(str(exc)) from None
     click.echo(f"tc-rewrite: exported {stats.records} records in {stats.files} files to {to}", err=True)

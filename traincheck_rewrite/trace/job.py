@@ -186,15 +186,15 @@ def _check_one_job(runs: list[RunFolder], processes: list[Process]) -> None:
     for run in runs[1:]:
         if run.sites != first.sites:
             raise JobError(f"{run.path} and {first.path} ran different programs (sites.json differ): not one job")
-    seen: dict[tuple, Process] = {}
-    sizes = {p.world_size for p in processes if p.worker_id is None}
-    if len(sizes) > 1:
-        raise JobError(f"world sizes {sorted(s for s in sizes if s is not None)} differ across the folders: not one job")
-    for p in processes:
-        if p.worker_id is not None:
-            continue
+    ranked = [p for p in processes if p.worker_id is None]  # DataLoader workers share their trainer's rank
+    for p in ranked:
         if p.rank is None:
             raise JobError(f"{p.run.path}: process {p.pid} has no rank, so the folders cannot be joined into one job")
+    sizes = sorted({p.world_size for p in ranked if p.world_size is not None})
+    if len(sizes) > 1:
+        raise JobError(f"world sizes {sizes} differ across the folders: not one job")
+    seen: dict[int, Process] = {}
+    for p in ranked:
         other = seen.get(p.rank)
         if other is not None and other.run is not p.run:
             raise JobError(f"rank {p.rank} appears in both {other.run.path} and {p.run.path}: not one job")
