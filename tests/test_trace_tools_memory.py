@@ -18,7 +18,8 @@ import zstandard
 from helpers import ROOT
 
 STEPS = 40_000  # 50 records a step: 2,000,000 records
-LIMIT_MB = 150  # peak RSS of one tool process; measured 62-63 MB for diff and chrome export at 0.1M and 1M records (query: 116-152 MB)
+LIMIT_MB = 150  # peak RSS of one tool process; measured 62-63 MB for diff and chrome export at 0.1M and 1M
+# records alike (query: 116-152 MB, DuckDB included)
 PID, TID = 4242, 77
 PRE, POST = "function_call (pre)", "function_call (post)"
 TENSOR = {"torch.FloatTensor": {"dtype": "torch.float32", "shape": [32, 4], "device": "cpu", "requires_grad": False,
