@@ -126,3 +126,20 @@ def test_folders_are_one_job_only_when_they_agree(tmp_path: Path):
         open_job([n0, other])
     with pytest.raises(JobError, match="no rank 5 in the trace \\(ranks: 0, 1\\)"):
         job.select([5])
+
+
+def test_steps_past_the_cap_are_counted_not_listed(tmp_path: Path, monkeypatch):
+    """Runs apart from early on differ in every step: the lowest MAX_STEPS are listed, the others only counted,
+    even when a later pair of processes brings lower steps than the ones listed so far."""
+    from traincheck_rewrite.trace import diff
+
+    monkeypatch.setattr(diff, "MAX_STEPS", 3)
+    a = write(tmp_path / "a", Proc(1, 0, 2).training(range(1, 11)), Proc(2, 1, 2).training(range(1, 11)))
+    b = write(tmp_path / "b", Proc(3, 0, 2).training(range(1, 11), skip_from=5),
+              Proc(4, 1, 2).training(range(1, 11), skip_from=2))
+    d = diff_job(open_job([a]), open_job([b]))
+    assert [s["step"] for s in d["steps"]] == [2, 3, 4] and d["differing_steps"] == 9
+    assert d["first_call_difference"]["step"] == 2
+    text = format_diff(d, top=2).splitlines()
+    assert "differences per step (9 steps differ):" in text
+    assert text[-1] == "  ... 7 more steps (--json lists the first 3)"

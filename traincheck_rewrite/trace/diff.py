@@ -28,6 +28,7 @@ from .reader import ReadStats
 
 PRE = "function_call (pre)"
 _CUT = 300  # characters of a differing value shown
+MAX_STEPS = 1000  # differing steps reported in detail; beyond them only counted (two runs apart from step 1 on)
 
 
 def _step(record: dict):
@@ -114,7 +115,8 @@ def _differing_fields(a: dict, sa: _Side, b: dict, sb: _Side) -> list[str]:
 class Differ:
     def __init__(self, a: list[Process], b: list[Process]):
         self.a, self.b = a, b
-        self.steps: dict = {}  # step -> StepDiff, only steps with a difference
+        self.steps: dict = {}  # step -> StepDiff, only steps with a difference, at most MAX_STEPS
+        self.more_steps: set = set()  # further differing steps, beyond the MAX_STEPS lowest
         self.first_call: dict | None = None
         self.first_tensor: dict | None = None
         self.unmatched: dict = {"a": [], "b": []}
@@ -122,9 +124,22 @@ class Differ:
         self.stats_a, self.stats_b = ReadStats(), ReadStats()
 
     def _step_diff(self, step) -> StepDiff:
+        """The step's record of differences; past MAX_STEPS steps a throwaway one, the step only counted (the
+        lowest steps are kept: a later pair of streams can still bring a lower one, which evicts the highest)."""
         d = self.steps.get(step)
-        if d is None:
-            d = self.steps[step] = StepDiff(step)
+        if d is not None:
+            return d
+        d = StepDiff(step)
+        if step in self.more_steps:
+            return d
+        if len(self.steps) >= MAX_STEPS:
+            highest = max(self.steps, key=_order)
+            if _order(step) > _order(highest):
+                self.more_steps.add(step)
+                return d
+            del self.steps[highest]
+            self.more_steps.add(highest)
+        self.steps[step] = d
         return d
 
     # pairing -------------------------------------------------------------------------------------------------------
@@ -249,6 +264,7 @@ class Differ:
         equal = not steps and not self.unmatched["a"] and not self.unmatched["b"]
         return {
             "equal": equal,
+            "differing_steps": len(steps) + len(self.more_steps),
             "pairs": self.pairs,
             "unmatched_processes": self.unmatched,
             "first_tensor_difference": self.first_tensor,
@@ -321,13 +337,14 @@ def format_diff(d: dict, top: int = 10) -> str:
                     out.append(f"       {name}: {r[name]}")
     steps = d["steps"]
     if steps:
-        out.append(f"differences per step ({len(steps)} steps differ):")
+        out.append(f"differences per step ({d['differing_steps']} steps differ):")
         for s in steps[:top]:
             line = (f"  step {s['step']}: {s['differing_records']} records differ, calls {s['calls_a']} vs "
                     f"{s['calls_b']}, {len(s['tensors'])} tensors differ")
             extra = [f"+A {str(x['function']).rsplit('.', 1)[-1]} ({x['site']}) x{x['count']}" for x in s["only_a"][:3]]
             extra += [f"+B {str(x['function']).rsplit('.', 1)[-1]} ({x['site']}) x{x['count']}" for x in s["only_b"][:3]]
             out.append(line + ("; " + "; ".join(extra) if extra else ""))
-        if len(steps) > top:
-            out.append(f"  ... {len(steps) - top} more steps (--json lists them all)")
+        if d["differing_steps"] > top:
+            listed = f"--json lists the first {len(steps)}" if d["differing_steps"] > len(steps) else "--json lists them all"
+            out.append(f"  ... {d['differing_steps'] - top} more steps ({listed})")
     return "\n".join(out)
