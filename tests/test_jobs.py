@@ -37,7 +37,7 @@ def nodes(tmp_path_factory) -> list[Path]:
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(
             lambda node: run_tc([str(DIVERGE / "node.yaml")], tmp_path_factory.mktemp(f"node{node}"),
-                                env_extra={"NODE_RANK": str(node), "PORT": port}, timeout=240),
+                                env_extra={"NODE_RANK": str(node), "PORT": port}, timeout=600),
             (0, 1)))
     for r in results:
         assert r.returncode == 0 and r.run_dir is not None, r.stderr

@@ -81,7 +81,7 @@ def test_perfetto_ui_opens_the_timeline(traced, tmp_path: Path):
                     break
             time.sleep(0.2)
         probe = subprocess.run(["node", "--experimental-websocket", str(PROBE), str(debug), f"http://127.0.0.1:{web}/",
-                                r"rank 1 \(pid \d+\)", "90"], capture_output=True, text=True, timeout=180)
+                                r"rank 1 \(pid \d+\)", "150"], capture_output=True, text=True, timeout=300)
     finally:
         stop(browser)
         stop(viewer)
