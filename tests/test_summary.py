@@ -109,6 +109,7 @@ EXPECTED = {
     "open_calls": 1,
     "truncated_files": 1,
     "bad_lines": 0,
+    "ranks": [],
     "exit_code": -9,
 }
 
@@ -151,10 +152,10 @@ def test_empty_run(tmp_path: Path):
     assert summarize(tmp_path) == {
         "records": 0, "files": 0, "api_calls": 0, "functions": {}, "state_changes": 0, "variables": 0,
         "processes": 0, "threads": 0, "max_step": 0, "stages": {}, "exceptions": 0, "open_calls": 0,
-        "truncated_files": 0, "bad_lines": 0, "exit_code": None,
+        "truncated_files": 0, "bad_lines": 0, "ranks": [], "exit_code": None,
     }
     text = format_summary(summarize(tmp_path))
-    assert "" not in text.splitlines() and len(text.splitlines()) == 14  # the totals only, no empty sections
+    assert "" not in text.splitlines() and len(text.splitlines()) == 15  # the totals only, no empty sections
     assert text.splitlines()[0].split() == ["records", "0"]
 
 
@@ -167,7 +168,7 @@ def test_format_summary_table(run: Path):
     assert values == {
         "records": "34", "trace files": "5", "truncated": "1", "bad lines": "0", "API calls (completed)": "13",
         "raised": "2", "left open": "1", "distinct functions": "6", "state changes": "7", "variables": "2",
-        "processes": "2", "threads": "3", "max step": "7", "program exit code": "-9",
+        "processes": "2", "threads": "3", "ranks": "-", "max step": "7", "program exit code": "-9",
     }
     functions = rows[rows.index("") + 1 :]
     functions = functions[: functions.index("")]

@@ -6,6 +6,7 @@ The first argument picks the command: `trace` or `cache` starts that group; anyt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -108,43 +109,148 @@ def trace_group():
 
 
 @trace_group.command("summary")
-@click.argument("run_dir")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
-def trace_summary(run_dir, as_json):
-    """Counts of calls, functions, state changes, processes, steps and stages of RUN_DIR."""
+def trace_summary(runs, as_json):
+    """Counts of calls, functions, state changes, processes, ranks, steps and stages of RUN (several run folders:
+    one job, one folder per node)."""
     from .trace.summary import format_summary, summarize
 
-    folder = _run_dir(run_dir)
-    data = summarize(folder)
+    with _trace_errors():
+        data = summarize(_folders(runs))
     click.echo(json.dumps(data, sort_keys=True) if as_json else format_summary(data))
 
 
 @trace_group.command("export")
-@click.argument("run_dir")
-@click.option("--to", "to", required=True, metavar="DIR", help="New (or empty) folder to write.")
-@click.option("--format", "fmt", type=click.Choice(["traincheck"]), default="traincheck", show_default=True)
-def trace_export(run_dir, to, fmt):
-    """Write RUN_DIR's trace as a folder TrainCheck's engine reads as it is (traincheck-infer -f DIR)."""
-    from .trace.export import ExportError, export_traincheck
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--to", "to", required=True, metavar="PATH", help="traincheck, parquet: a new (or empty) folder; chrome: a file (.json or .json.gz).")
+@click.option("--format", "fmt", type=click.Choice(["traincheck", "chrome", "parquet"]), default="traincheck", show_default=True)
+@click.option("--ranks", metavar="A,B,...", help="chrome, parquet: only these ranks.")
+@click.option("--steps", metavar="A-B", help="chrome: only calls and state changes of steps A to B (inclusive).")
+def trace_export(runs, to, fmt, ranks, steps):
+    """Write the trace of RUN (several run folders: one job, one folder per node) as a folder TrainCheck's engine
+    reads as it is (traincheck-infer -f DIR), a timeline for Perfetto / chrome://tracing / vizviewer (chrome), or
+    Parquet tables (parquet; needs the query extra)."""
+    if steps is not None and fmt != "chrome":
+        raise _OneLineError("--steps applies to --format chrome only")
+    if ranks is not None and fmt == "traincheck":
+        raise _OneLineError("--ranks applies to --format chrome and parquet only")
+    with _trace_errors():
+        if fmt == "chrome":
+            from .trace.chrome import export_chrome
+            from .trace.job import open_job
+
+            stats = export_chrome(open_job(runs), to, ranks=_ranks(ranks), steps=_steps(steps))
+            click.echo(f"tc-rewrite: wrote {stats.slices} call slices, {stats.steps} step slices and {stats.instants} "
+                       f"instant events of {stats.processes} processes ({stats.threads} threads) to {to}", err=True)
+        elif fmt == "parquet":
+            from .trace.job import open_job
+            from .trace.query import export_parquet
+
+            counts = export_parquet(open_job(runs), to, ranks=_ranks(ranks))
+            click.echo(f"tc-rewrite: wrote {counts['calls']} calls, {counts['states']} states and {counts['sites']} "
+                       f"sites in {counts['files']} Parquet files to {to}", err=True)
+        else:
+            from .trace.export import export_traincheck
+
+            stats = export_traincheck(_folders(runs), to)
+            click.echo(f"tc-rewrite: exported {stats.records} records in {stats.files} files to {to}", err=True)
+            if stats.dropped_open_calls:
+                click.echo(f"tc-rewrite: dropped {stats.dropped_open_calls} calls left open by a killed process", err=True)
+            if stats.truncated_files:
+                click.echo(f"tc-rewrite: {len(stats.truncated_files)} trace files ended torn; read up to the tear", err=True)
+
+
+@trace_group.command("diff")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_A RUN_B | RUN... --ranks A,B")
+@click.option("--ranks", metavar="A,B", help="Compare two ranks of one job (its run folders) instead of two runs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the report.")
+def trace_diff(runs, ranks, as_json):
+    """Where two runs first differ: the first step whose tracked tensors differ, the first differing call (with both
+    call sites), then differences per step. Exit code 0 when equal, 1 when different, 2 on bad input."""
+    from .trace.diff import diff_job, format_diff
+    from .trace.job import open_job
+
+    with _trace_errors():
+        if ranks is not None:
+            pair = _ranks(ranks)
+            if len(pair) != 2:
+                raise _OneLineError(f"--ranks {ranks}: give exactly two ranks, as in --ranks 0,1")
+            job = open_job(runs)
+            side_a, side_b = job.select(pair[:1]), job.select(pair[1:])
+        elif len(runs) != 2:
+            raise _OneLineError(f"give two run folders (got {len(runs)}), or one job's folders with --ranks A,B")
+        else:
+            side_a, side_b = open_job(runs[:1]), open_job(runs[1:])
+        result = diff_job(side_a, side_b)
+    click.echo(json.dumps(result, sort_keys=True) if as_json else format_diff(result))
+    sys.exit(0 if result["equal"] else 1)
+
+
+@trace_group.command("query")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.argument("sql")
+@click.option("--ranks", metavar="A,B,...", help="Only these ranks' calls and states.")
+@click.option("--json", "as_json", is_flag=True, help="The rows as a JSON list of objects.")
+def trace_query(runs, sql, ranks, as_json):
+    """Run SQL on DuckDB over the views calls, states and sites of RUN (docs/trace-tools.md lists their columns),
+    e.g. "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC". Needs the query extra."""
+    from .trace.job import open_job
+    from .trace.query import duckdb_module, format_rows, run_query
+
+    with _trace_errors():
+        duckdb_module()  # its absence is the error to report, before any other
+        columns, rows = run_query(open_job(runs), sql, ranks=_ranks(ranks))
+    if as_json:
+        click.echo(json.dumps([dict(zip(columns, row)) for row in rows], default=str))
+    else:
+        click.echo(format_rows(columns, rows))
+
+
+def _steps(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    first, sep, last = text.partition("-")
+    try:
+        span = (int(first), int(last) if sep else int(first))
+    except ValueError:
+        raise _OneLineError(f"--steps {text}: expected A-B (or one step), as in 10-20") from None
+    if span[0] > span[1]:
+        raise _OneLineError(f"--steps {text}: the first step is after the last")
+    return span
+
+
+def _ranks(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise _OneLineError(f"--ranks {text}: expected comma-separated integers, as in 0,1") from None
+
+
+def _folders(runs) -> Path | list[Path]:
+    """One run folder, or several checked to be one job."""
+    from .trace.job import check_folder, open_job
+
+    if len(runs) == 1:
+        return check_folder(runs[0])
+    open_job(runs)  # refuses folders of different jobs
+    return [Path(r) for r in runs]
+
+
+@contextlib.contextmanager
+def _trace_errors():
+    """The trace tools' own errors (bad folders, other jobs, SQL, an existing target) as one-line CLI errors."""
+    from .trace.chrome import ChromeExportError
+    from .trace.export import ExportError
+    from .trace.job import JobError
+    from .trace.query import QueryError
 
     try:
-        stats = export_traincheck(_run_dir(run_dir), to)
-    except ExportError as exc:
+        yield
+    except (JobError, ChromeExportError, ExportError, QueryError) as exc:
         raise _OneLineError(str(exc)) from None
-    click.echo(f"tc-rewrite: exported {stats.records} records in {stats.files} files to {to}", err=True)
-    if stats.dropped_open_calls:
-        click.echo(f"tc-rewrite: dropped {stats.dropped_open_calls} calls left open by a killed process", err=True)
-    if stats.truncated_files:
-        click.echo(f"tc-rewrite: {len(stats.truncated_files)} trace files ended torn; read up to the tear", err=True)
-
-
-def _run_dir(path: str) -> Path:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise _OneLineError(f"{path}: no such run folder")
-    if not (folder / "traces").is_dir() and not any(folder.glob("trace_*")):
-        raise _OneLineError(f"{path}: not a run folder (no traces/ inside)")
-    return folder
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from .reader import ReadStats, read_records
+from .reader import ReadStats, read_records, source_key, trace_sources
 
 PRE = "function_call (pre)"
 STATE = "state_change"
@@ -97,10 +97,11 @@ def _write(out, records, stats: ExportStats) -> None:
         stats.records += len(lines)
 
 
-def export_traincheck(run_dir: str | Path, to: str | Path) -> ExportStats:
-    """Write the trace of `run_dir` into the new folder `to` (which may exist only if empty), one
-    `trace_API_<pid>_<tid>.log` / `trace_VAR_<pid>_<tid>.log` per thread and kind, plus `export.json`. The folder
-    appears complete or not at all."""
+def export_traincheck(run_dir: str | Path | list, to: str | Path) -> ExportStats:
+    """Write the trace of `run_dir` (or of several run folders of one job, one per node) into the new folder `to`
+    (which may exist only if empty), one `trace_API_<pid>_<tid>.log` / `trace_VAR_<pid>_<tid>.log` per thread and
+    kind, plus `export.json`. The folder appears complete or not at all."""
+    folders = [Path(p) for p in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
     target = Path(to)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(f"{target}: already exists and is not an empty folder")
@@ -109,9 +110,11 @@ def export_traincheck(run_dir: str | Path, to: str | Path) -> ExportStats:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        stats = _export_into(Path(run_dir), staging)
+        stats = _export_into(folders, staging)
+        sources = [str(f.resolve()) for f in folders]
         (staging / "export.json").write_bytes(
-            orjson.dumps({"format": "traincheck", "source": str(Path(run_dir).resolve()), **asdict(stats)}, option=orjson.OPT_INDENT_2)
+            orjson.dumps({"format": "traincheck", "source": sources[0] if len(sources) == 1 else sources, **asdict(stats)},
+                         option=orjson.OPT_INDENT_2)
         )
         if target.exists():
             target.rmdir()
@@ -135,14 +138,26 @@ def _without_repeated_data(record: dict, last_data: dict, stats: ExportStats) ->
     return record
 
 
-def _export_into(run_dir: Path, folder: Path) -> ExportStats:
+def _pids_apart(folders: list[Path]) -> None:
+    """Two nodes' processes with the same pid would share one file name: refuse (pids repeat across machines rarely)."""
+    seen: dict = {}
+    for f in folders:
+        for path in trace_sources(f):
+            key = source_key(path)
+            if key is not None and seen.setdefault(key[1], f) != f:
+                raise ExportError(f"pid {key[1]} is in both {seen[key[1]]} and {f}: export them one at a time")
+
+
+def _export_into(folders: list[Path], folder: Path) -> ExportStats:
     stats = ExportStats()
     read = ReadStats()
     files: dict = {}  # (kind, pid, tid) -> open file
     threads: dict = {}  # (pid, tid) -> _Thread
     last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
     try:
-        for record in read_records(run_dir, stats=read):
+        _pids_apart(folders)
+        records = (r for run_dir in folders for r in read_records(run_dir, stats=read))
+        for record in records:
             is_state = record.get("type") == STATE
             key = ("VAR" if is_state else "API", record.get("process_id"), record.get("thread_id"))
             out = files.get(key)

@@ -188,6 +188,64 @@ def _is_zst(path: Path) -> bool:
         return f.read(4) == MAGIC
 
 
+def trace_sources(run_dir: str | Path, kinds: tuple[str, ...] = ("API", "VAR")) -> list[Path]:
+    """Every file `read_records` reads, in its order: the trace files, and the spill files of writers killed before
+    their first flush (where their trace file would sort)."""
+    folder = trace_folder(run_dir)
+    files = [(p.name, p) for p in trace_files(folder, kinds)]
+    # A process killed before its first flush has a spill file and no trace file yet.
+    files += [
+        (_trace_for(p).name, p)
+        for k in kinds
+        for p in folder.glob(f"spill_{k}_*.jsonl")
+        if p.is_file() and not _trace_for(p).exists()
+    ]
+    return [p for _, p in sorted(files)]
+
+
+def source_key(path: Path) -> tuple[str, int, int] | None:
+    """(kind, pid, tid) from a trace or spill file name (`trace_API_<pid>_<tid>.log.zst`), or None."""
+    stem = path.name.split(".", 1)[0]
+    parts = stem.split("_")
+    if len(parts) != 4 or parts[0] not in ("trace", "spill"):
+        return None
+    try:
+        return parts[1], int(parts[2]), int(parts[3])
+    except ValueError:
+        return None
+
+
+def read_file(path: Path, stats: ReadStats | None = None, chunk_size: int = CHUNK) -> Iterator[dict]:
+    """Yield the records of one file of `trace_sources` (one thread's API or state records, in time order), with
+    the records its writer left in a spill file after them."""
+    stats = stats if stats is not None else ReadStats()
+    stats.files += 1
+    last_time = None
+    spill = None
+    if path.name.startswith("spill_"):
+        lines = iter(spill_records(path, None, stats))
+    elif _is_zst(path):
+        lines = _lines_of_zst(path, stats, chunk_size)
+        if path.name.endswith(".log.zst"):
+            spill = _spill_for(path)
+    else:
+        lines = _lines_of_plain(path, stats, chunk_size)
+    for line in lines:
+        record = _load(line)
+        if record is None:
+            stats.bad_lines += 1
+            continue
+        stats.records += 1
+        time = record.get("time")
+        if isinstance(time, int):
+            last_time = time
+        yield record
+    if spill is not None and spill.is_file():
+        for line in spill_records(spill, last_time, stats):
+            stats.records += 1
+            yield orjson.loads(line)
+
+
 def read_records(
     run_dir: str | Path,
     *,
@@ -199,38 +257,5 @@ def read_records(
     decompressed `trace_*.log` files), file by file in name order, each in file order. A spill file left by a killed
     writer is read right after its trace file (or, with no trace file, where that file would sort)."""
     stats = stats if stats is not None else ReadStats()
-    folder = trace_folder(run_dir)
-    files = [(p.name, p) for p in trace_files(folder, kinds)]
-    # A process killed before its first flush has a spill file and no trace file yet.
-    files += [
-        (_trace_for(p).name, p)
-        for k in kinds
-        for p in folder.glob(f"spill_{k}_*.jsonl")
-        if p.is_file() and not _trace_for(p).exists()
-    ]
-    for _, path in sorted(files):
-        stats.files += 1
-        last_time = None
-        spill = None
-        if path.name.startswith("spill_"):
-            lines = iter(spill_records(path, None, stats))
-        elif _is_zst(path):
-            lines = _lines_of_zst(path, stats, chunk_size)
-            if path.name.endswith(".log.zst"):
-                spill = _spill_for(path)
-        else:
-            lines = _lines_of_plain(path, stats, chunk_size)
-        for line in lines:
-            record = _load(line)
-            if record is None:
-                stats.bad_lines += 1
-                continue
-            stats.records += 1
-            time = record.get("time")
-            if isinstance(time, int):
-                last_time = time
-            yield record
-        if spill is not None and spill.is_file():
-            for line in spill_records(spill, last_time, stats):
-                stats.records += 1
-                yield orjson.loads(line)
+    for path in trace_sources(run_dir, kinds):
+        yield from read_file(path, stats, chunk_size)

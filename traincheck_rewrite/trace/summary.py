@@ -26,14 +26,17 @@ def _exit_code(run_dir: Path):
     return None
 
 
-def summarize(run_dir: str | Path) -> dict:
-    """Counts over every record of a run folder (or its traces folder); see docs/trace-format.md for the records.
+def summarize(run_dir: str | Path | list) -> dict:
+    """Counts over every record of a run folder (or its traces folder, or several run folders of one job: one per
+    node); see docs/trace-format.md for the records.
 
     api_calls: completed calls (post + exception records); functions: {function: completed calls}, most first;
     open_calls: calls with a pre record and no post/exception; stages: {stage: records}, a record without
-    `meta_vars.stage` counting as "init"; max_step: the largest int `meta_vars.step` (0 if none)."""
-    run_dir = Path(run_dir)
+    `meta_vars.stage` counting as "init"; max_step: the largest int `meta_vars.step` (0 if none); ranks: the
+    distinct int `meta_vars.rank`; exit_code: the program's (of several folders: the first non-zero one)."""
+    folders = [Path(p) for p in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
     stats = ReadStats()
+    ranks: set = set()
     functions: Counter = Counter()
     stages: Counter = Counter()
     variables: set = set()
@@ -41,7 +44,8 @@ def summarize(run_dir: str | Path) -> dict:
     threads: set = set()
     balance: dict = {}  # func_call_id -> pres - closes, only while unbalanced (the pair is usually adjacent in time)
     state_changes = exceptions = max_step = 0
-    for r in read_records(run_dir, stats=stats):
+    records = (r for folder in folders for r in read_records(folder, stats=stats))
+    for r in records:
         kind = r.get("type")
         pid = r.get("process_id")
         processes.add(pid)
@@ -49,6 +53,9 @@ def summarize(run_dir: str | Path) -> dict:
         meta = r.get("meta_vars")
         if not isinstance(meta, dict):
             meta = {}
+        rank = meta.get("rank")
+        if type(rank) is int:
+            ranks.add(rank)
         step = meta.get("step")
         if type(step) is int and step > max_step:
             max_step = step
@@ -81,8 +88,28 @@ def summarize(run_dir: str | Path) -> dict:
         "open_calls": sum(n for n in balance.values() if n > 0),
         "truncated_files": len(stats.truncated_files),
         "bad_lines": stats.bad_lines,
-        "exit_code": _exit_code(run_dir),
+        "ranks": sorted(ranks),
+        "exit_code": _job_exit_code([_exit_code(f) for f in folders]),
     }
+
+
+def _job_exit_code(codes: list):
+    failed = [c for c in codes if c not in (0, None)]
+    return failed[0] if failed else (0 if 0 in codes else None)
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    """0,1,2,3,7 -> "0-3,7"; "-" for none."""
+    if not ranks:
+        return "-"
+    spans: list[list[int]] = []
+    for rank in ranks:
+        if spans and rank == spans[-1][1] + 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    text = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return text if len(text) <= 12 else f"{len(ranks)} ranks"
 
 
 def format_summary(d: dict, top: int = 20) -> str:
@@ -101,6 +128,7 @@ def format_summary(d: dict, top: int = 20) -> str:
         ("variables", d["variables"]),
         ("processes", d["processes"]),
         ("threads", d["threads"]),
+        ("ranks", _ranks_text(d.get("ranks") or [])),
         ("max step", d["max_step"]),
         ("program exit code", "-" if exit_code is None else exit_code),
     ]
