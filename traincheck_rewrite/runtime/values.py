@@ -1,13 +1,18 @@
 """Argument and return-value envelopes: `{"<type name>": payload}`, cheap and never consuming anything.
 
-A tensor is summarised by a fixed set of attributes (no contents, no walk over `dir()`); other objects by at most 16
-public primitive attributes of their `__dict__`. torch is looked up lazily: the runtime must not import it before the
+A tensor is summarised by a fixed set of attributes (no contents, no walk over `dir()`) and a data id beside the type
+key: its storage's order of appearance in the process, the same for every tensor on that storage (`p`, `p.data`, a
+view) while it lives. Addresses would be reused and differ from run to run; this order is what a rerun gives again.
+It tells two calls on one tensor from calls on two tensors alike. Other objects are summarised by at most 16 public
+primitive attributes of their `__dict__`. torch is looked up lazily: the runtime must not import it before the
 program does (scripts set environment variables before `import torch`).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
+import weakref
 
 MAX_ITEMS = 16
 MAX_STR = 200
@@ -18,6 +23,8 @@ _tensor_statics: dict = {}
 _tensor_envelopes: dict = {}  # (dtype, layout, is_cpu, device index, shape, requires_grad, is_leaf) -> envelope
 MAX_SHARED_ENVELOPES = 4096
 _type_names: dict = {}
+_data_ids: dict = {}  # id(storage object) -> (weak reference to it, its data id)
+_next_data_id = itertools.count()
 
 
 def _float(v: float):
@@ -36,7 +43,8 @@ def type_name(t: type) -> str:
 
 
 def _tensor(v) -> dict:
-    """The envelope, shared by all tensors alike in everything it holds (records are encoded, never changed)."""
+    """The envelope: the payload is shared by all tensors alike in everything it holds (records are encoded, never
+    changed), the data address is this tensor's."""
     shape = v.shape
     key = (v.dtype, v.layout, v.is_cpu, v.get_device(), shape, v.requires_grad, v.is_leaf)
     env = _tensor_envelopes.get(key)
@@ -44,7 +52,22 @@ def _tensor(v) -> dict:
         if len(_tensor_envelopes) >= MAX_SHARED_ENVELOPES:
             _tensor_envelopes.clear()
         env = _tensor_envelopes[key] = _new_tensor_envelope(v, key)
-    return env
+    try:
+        storage = v.untyped_storage()  # one Python object per storage, as long as the storage lives
+    except (RuntimeError, NotImplementedError):  # no storage (sparse)
+        return env
+    key = id(storage)
+    known = _data_ids.get(key)
+    if known is None or known[0]() is not storage:
+        known = _data_ids[key] = (weakref.ref(storage, lambda ref, key=key: _forget(key, ref)), next(_next_data_id))
+    return {**env, "data_id": known[1]}
+
+
+def _forget(key: int, ref) -> None:
+    """A storage died: its entry goes (unless a new storage at the same address has already taken the key)."""
+    known = _data_ids.get(key)
+    if known is not None and known[0] is ref:
+        del _data_ids[key]
 
 
 def _new_tensor_envelope(v, key: tuple) -> dict:

@@ -14,6 +14,18 @@ in three ways that the export removes:
   a cross-rank consistency check compare one rank's old weights with another's new ones at "the same step" (a false
   alarm that depends on rank timing): `data` is written only in the records where it changed.
 
+It also writes what TrainCheck's collector writes, in values that do not change from one run of a program to the
+next (the engine builds preconditions from record fields, so an OS id or an address in one would make an invariant
+that no other run can satisfy):
+- `process_id` is the rank (`meta_vars.rank`) or, without one, the process's order of appearance; `thread_id` the
+  thread's order of appearance in its process (0: the first thread that wrote); file names, `func_call_id` and
+  `parent_id` follow (`obj_id` stays `id(self)`: the engine groups calls by it, never compares it across runs);
+- tensor methods are named as TrainCheck's collector names them, `torch._C.TensorBase.<name>` (the runtime says
+  `torch.Tensor.<name>`, the name users know);
+- a tensor's envelope gets `_TRAINCHECK_data_ID`, the data id the runtime writes beside it (its storage's order of
+  appearance in its process): the same tensor twice has one id, two tensors alike have two;
+- state records get `itemsize` and `nbytes`, as in argument envelopes.
+
 Records are streamed: a thread's API records are held only while one of its calls is open, so memory stays bounded
 by the largest top-level call, not by the trace.
 """
@@ -27,10 +39,120 @@ from pathlib import Path
 
 import orjson
 
-from .reader import ReadStats, read_records
+from .reader import CHUNK, ReadStats, _is_zst, _lines_of_plain, _lines_of_zst, _load, read_records, trace_files
 
 PRE = "function_call (pre)"
 STATE = "state_change"
+RUNTIME_TENSOR_METHOD = "torch.Tensor."  # what the runtime calls methods of torch's C tensor class
+TRAINCHECK_TENSOR_METHOD = "torch._C.TensorBase."  # what TrainCheck's collector calls them
+DATA_ID = "_TRAINCHECK_data_ID"
+CALL_ID_BASE = 10**9  # func_call_id = process_id * CALL_ID_BASE + n
+_ITEMSIZE = {
+    "torch.float64": 8, "torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.complex128": 16,
+    "torch.complex64": 8, "torch.complex32": 4, "torch.int64": 8, "torch.int32": 4, "torch.int16": 2, "torch.int8": 1,
+    "torch.uint8": 1, "torch.uint16": 2, "torch.uint32": 4, "torch.uint64": 8, "torch.bool": 1,
+    "torch.float8_e4m3fn": 1, "torch.float8_e5m2": 1, "torch.float8_e4m3fnuz": 1, "torch.float8_e5m2fnuz": 1,
+    "torch.qint8": 1, "torch.quint8": 1, "torch.qint32": 4,
+}  # fmt: skip
+
+
+class _Identities:
+    """Process, thread, object and tensor identities that a rerun of the program gives again."""
+
+    def __init__(self, first_records: list[dict]) -> None:
+        starts: dict = {}  # pid -> time of its first record
+        ranked: dict = {}  # pid -> rank
+        thread_starts: dict = {}  # (pid, tid) -> time of its first record
+        for r in first_records:
+            pid, tid, time = r.get("process_id"), r.get("thread_id"), r.get("time", 0)
+            starts[pid] = min(time, starts.get(pid, time))
+            thread_starts[(pid, tid)] = min(time, thread_starts.get((pid, tid), time))
+            rank = (r.get("meta_vars") or {}).get("rank")
+            if isinstance(rank, int) and not isinstance(rank, bool):
+                ranked[pid] = rank
+        unranked = sorted((t, pid) for pid, t in starts.items() if pid not in ranked)
+        next_id = max(ranked.values(), default=-1) + 1
+        self.processes = dict(ranked)
+        for i, (_, pid) in enumerate(unranked):
+            self.processes[pid] = next_id + i
+        self.threads: dict = {}
+        for (pid, tid), _ in sorted(thread_starts.items(), key=lambda item: (self.processes[item[0][0]], item[1])):
+            self.threads[(pid, tid)] = sum(1 for key in self.threads if key[0] == pid)
+
+    def process(self, pid):
+        if pid not in self.processes:  # a process whose files could not be read ahead
+            self.processes[pid] = max(self.processes.values(), default=-1) + 1
+        return self.processes[pid]
+
+    def thread(self, pid, tid):
+        if (pid, tid) not in self.threads:
+            self.threads[(pid, tid)] = sum(1 for key in self.threads if key[0] == pid)
+        return self.threads[(pid, tid)]
+
+    def api(self, record: dict) -> dict:
+        pid = record.get("process_id")
+        out = dict(record)
+        out["process_id"] = stable = self.process(pid)
+        out["thread_id"] = self.thread(pid, record.get("thread_id"))
+        for key in ("func_call_id", "parent_id"):
+            value = record.get(key)
+            if isinstance(value, int) and isinstance(pid, int) and 0 <= value - pid * CALL_ID_BASE < CALL_ID_BASE:
+                out[key] = value - pid * CALL_ID_BASE + stable * CALL_ID_BASE
+        name = record.get("function")
+        if isinstance(name, str) and name.startswith(RUNTIME_TENSOR_METHOD):
+            out["function"] = TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
+        for key in ("args", "kwargs"):
+            if isinstance(record.get(key), dict):
+                out[key] = {k: _with_data_ids(v) for k, v in record[key].items()}
+        if "return_values" in record:
+            out["return_values"] = _with_data_ids(record["return_values"])
+        return out
+
+    def state(self, record: dict) -> dict:
+        pid = record.get("process_id")
+        out = dict(record)
+        out["process_id"] = self.process(pid)
+        out["thread_id"] = self.thread(pid, record.get("thread_id"))
+        attributes = record.get("attributes")
+        if isinstance(attributes, dict) and "nbytes" not in attributes and isinstance(attributes.get("numel"), int):
+            itemsize = _ITEMSIZE.get(attributes.get("dtype"))
+            if itemsize is not None:
+                out["attributes"] = {**attributes, "itemsize": itemsize, "nbytes": itemsize * attributes["numel"]}
+        return out
+
+
+def _with_data_ids(value):
+    """An envelope with each tensor's data id moved into its payload, as TrainCheck's `_TRAINCHECK_data_ID` (lists,
+    tuples and dicts walked)."""
+    if isinstance(value, list):
+        return [_with_data_ids(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 2 and "data_id" in value:
+        (tname,) = (k for k in value if k != "data_id")
+        payload = value[tname]
+        return {tname: {**payload, DATA_ID: value["data_id"]}} if isinstance(payload, dict) else {tname: payload}
+    if len(value) == 1:
+        ((tname, payload),) = value.items()
+        if tname in ("list", "tuple"):
+            return {tname: _with_data_ids(payload)}
+        if tname == "dict" and isinstance(payload, dict):
+            return {tname: {k: _with_data_ids(v) for k, v in payload.items()}}
+    return value
+
+
+def _first_records(run_dir: Path) -> list[dict]:
+    """The first record of each trace file: who wrote it, when it began, with which rank."""
+    out = []
+    for path in trace_files(run_dir):
+        stats = ReadStats()
+        lines = _lines_of_zst(path, stats, CHUNK) if _is_zst(path) else _lines_of_plain(path, stats, CHUNK)
+        for line in lines:
+            record = _load(line)
+            if record is not None:
+                out.append(record)
+                break
+    return out
 
 
 class ExportError(Exception):
@@ -122,6 +244,22 @@ def export_traincheck(run_dir: str | Path, to: str | Path) -> ExportStats:
     return stats
 
 
+def export_beside(run_dir: str | Path) -> ExportStats:
+    """Write the plain traces into the run folder itself, next to `traces/`, where TrainCheck's collector leaves
+    them (`traincheck-infer -f RUN`). Written aside and moved in, so a trace file in the folder is always whole."""
+    folder = Path(run_dir)
+    staging = folder / f".plain_traces.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        stats = _export_into(folder, staging)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
 def _without_repeated_data(record: dict, last_data: dict, stats: ExportStats) -> dict:
     attributes = record.get("attributes")
     if not isinstance(attributes, dict) or "data" not in attributes:
@@ -141,9 +279,11 @@ def _export_into(run_dir: Path, folder: Path) -> ExportStats:
     files: dict = {}  # (kind, pid, tid) -> open file
     threads: dict = {}  # (pid, tid) -> _Thread
     last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
+    identities = _Identities(_first_records(run_dir))
     try:
         for record in read_records(run_dir, stats=read):
             is_state = record.get("type") == STATE
+            record = identities.state(record) if is_state else identities.api(record)
             key = ("VAR" if is_state else "API", record.get("process_id"), record.get("thread_id"))
             out = files.get(key)
             if out is None:
