@@ -162,7 +162,7 @@ def test_a_tensor_keeps_one_data_id_and_two_tensors_alike_get_two(tmp_path: Path
     calls = []
     for n, data_id in enumerate((0, 0, 2), 1):
         calls += [api(PRE, n, 2 * n, args={"0": _envelope(data_id)}, kwargs={"std": {"float": 0.02}}),
-                  api(POST, n, 2 * n + 1, return_values=[_envelope(data_id), {"list": [_envelope(1)]}])]
+                  api(POST, n, 2 * n + 1, return_values=[_envelope(data_id), {"dict": {"w": _envelope(1), "lr": {"float": 0.1}}}])]
     write_trace(tmp_path / "run" / "traces", "trace_API_7_1.log.zst", calls)
     write_trace(tmp_path / "run" / "traces", "trace_VAR_7_1.log.zst", [
         {**state(1, 10, None), "attributes": {"dtype": "torch.float32", "numel": 6, "data": 10, "grad": None}}])
@@ -174,7 +174,7 @@ def test_a_tensor_keeps_one_data_id_and_two_tensors_alike_get_two(tmp_path: Path
     assert pres[0]["args"]["0"] == pres[1]["args"]["0"] != pres[2]["args"]["0"]
     post = files["trace_API_0_0.log"][1]["return_values"]
     assert post[0]["torch.FloatTensor"]["_TRAINCHECK_data_ID"] == 0
-    assert post[1]["list"][0]["torch.FloatTensor"]["_TRAINCHECK_data_ID"] == 1
+    assert post[1] == {"dict": {"_TRAINCHECK_w_ID": 1, "lr": 0.1}}  # as TrainCheck's attribute dump of a dict
     (var,) = files["trace_VAR_0_0.log"]
     assert var["attributes"]["nbytes"] == 24 and var["attributes"]["itemsize"] == 4
 
@@ -190,3 +190,31 @@ def test_two_runs_of_one_program_export_the_same_records_but_for_times(tmp_path:
     assert exported[0] == exported[1]
     names = {r.get("function") for r in exported[0]}
     assert "torch._C.TensorBase.item" in names and not any(str(n).startswith("torch.Tensor.") for n in names)
+
+
+def test_containers_are_written_as_traincheck_writes_them(tmp_path: Path):
+    group = {"dict": {"lr": {"float": 0.1}, "nesterov": {"bool": False}, "params": {"list": [_envelope(3)]}}}
+    args = {"0": {"list": [{"int": 1}, {"tuple": [{"str": "a"}, {"NoneType": None}]}]}, "1": group,
+            "2": {"tuple": [_envelope(4)]}, "3": {"dict": {"k": {"int": 2}}}}
+    write_trace(tmp_path / "run" / "traces", "trace_API_7_1.log.zst", [api(PRE, 1, 1, args=args, kwargs={}), api(POST, 1, 2)])
+    export_traincheck(tmp_path / "run", tmp_path / "out")
+    pre = read_export(tmp_path / "out")["trace_API_0_0.log"][0]
+    assert pre["args"] == {"0": {"list": [1, ["a", None]]}, "1": {"dict": {"lr": 0.1, "nesterov": False}},
+                           "2": {"tuple": {}}, "3": {"dict": {"k": 2}}}  # fmt: skip
+
+
+def test_a_wrapper_calling_the_function_it_wraps_is_one_call(tmp_path: Path):
+    def call(kind, n, t, parent=None, function="torch.optim.sgd.SGD.step", obj=5):
+        return api(kind, n, t, parent_id=parent, obj_id=obj, **{"function": function})
+
+    records = [call(PRE, 1, 1), call(PRE, 2, 2, parent=1), call(PRE, 3, 3, parent=2),  # step > step > step
+               call(PRE, 4, 4, parent=3, function="torch.optim.sgd._single_tensor_sgd", obj=None),
+               call(POST, 4, 5, function="torch.optim.sgd._single_tensor_sgd", obj=None),
+               call(POST, 3, 6), call(POST, 2, 7), call(POST, 1, 8),
+               call(PRE, 5, 9, obj=6), call(PRE, 6, 10, parent=5, obj=7), call(POST, 6, 11, obj=7), call(POST, 5, 12, obj=6)]
+    write_trace(tmp_path / "run" / "traces", "trace_API_7_1.log.zst", records)
+    stats = export_traincheck(tmp_path / "run", tmp_path / "out")
+    (lines,) = read_export(tmp_path / "out").values()
+    assert [(r["func_call_id"], r["type"] == PRE) for r in lines] == [
+        (1, True), (4, True), (4, False), (1, False), (5, True), (6, True), (6, False), (5, False)]  # other objects: kept
+    assert lines[1]["parent_id"] == 1 and stats.repeated_calls_merged == 2

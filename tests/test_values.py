@@ -8,7 +8,7 @@ from traincheck_rewrite.runtime.values import envelope
 
 
 def _expected(t: torch.Tensor) -> dict:
-    return {t.type(): {
+    return {("torch.nn.Parameter" if isinstance(t, torch.nn.Parameter) else t.type()): {
         "dtype": str(t.dtype), "shape": list(t.shape), "device": str(t.device), "requires_grad": t.requires_grad,
         "is_leaf": t.is_leaf, "ndim": t.ndim, "numel": t.numel(), "itemsize": t.element_size(),
         "nbytes": t.numel() * t.element_size(), "is_cpu": t.is_cpu,
@@ -22,7 +22,7 @@ def _payloads(envelopes: list[dict]) -> list[dict]:
 def test_each_tensor_envelope_says_what_that_tensor_is():
     leaf = torch.ones(2, 3, requires_grad=True)
     tensors = [torch.ones(2, 3), leaf, leaf * 2, torch.ones(3, 2), torch.ones(2, 3, dtype=torch.float64), torch.ones(0),
-               torch.ones(2, 3, dtype=torch.int64), torch.zeros(())]  # fmt: skip
+               torch.ones(2, 3, dtype=torch.int64), torch.zeros(()), torch.nn.Parameter(torch.ones(2, 3))]  # fmt: skip
     for _ in range(2):  # the second time from the shared envelopes
         assert _payloads([envelope(t) for t in tensors]) == [_expected(t) for t in tensors]
     x = torch.ones(2, 3)

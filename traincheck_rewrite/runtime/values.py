@@ -46,7 +46,7 @@ def _tensor(v) -> dict:
     """The envelope: the payload is shared by all tensors alike in everything it holds (records are encoded, never
     changed), the data address is this tensor's."""
     shape = v.shape
-    key = (v.dtype, v.layout, v.is_cpu, v.get_device(), shape, v.requires_grad, v.is_leaf)
+    key = (v.dtype, v.layout, v.is_cpu, v.get_device(), type(v), shape, v.requires_grad, v.is_leaf)
     env = _tensor_envelopes.get(key)
     if env is None:
         if len(_tensor_envelopes) >= MAX_SHARED_ENVELOPES:
@@ -71,20 +71,20 @@ def _forget(key: int, ref) -> None:
 
 
 def _new_tensor_envelope(v, key: tuple) -> dict:
-    static_key = key[:4]
+    static_key = key[:5]
     static = _tensor_statics.get(static_key)
     if static is None:
         static = _tensor_statics[static_key] = _tensor_static(v)
     tname, dtype, device, itemsize, is_cpu = static
-    shape = list(key[4])
+    shape = list(key[5])
     numel = v.numel()
     return {
         tname: {
             "dtype": dtype,
             "shape": shape,
             "device": device,
-            "requires_grad": key[5],
-            "is_leaf": key[6],
+            "requires_grad": key[6],
+            "is_leaf": key[7],
             "ndim": len(shape),
             "numel": numel,
             "itemsize": itemsize,
@@ -95,9 +95,13 @@ def _new_tensor_envelope(v, key: tuple) -> dict:
 
 
 def _tensor_static(v) -> tuple:
-    """What a (dtype, layout, device) fixes: type name, dtype and device strings, item size."""
-    strided = sys.modules["torch"].strided
-    tname = v.type() if v.layout is strided else f"torch.{v.layout}"
+    """What a (dtype, layout, device, class) fixes: type name, dtype and device strings, item size. A parameter is
+    named `torch.nn.Parameter`, as TrainCheck's collector names it."""
+    torch = sys.modules["torch"]
+    if isinstance(v, torch.nn.Parameter):
+        tname = "torch.nn.Parameter"
+    else:
+        tname = v.type() if v.layout is torch.strided else f"torch.{v.layout}"
     return (tname, str(v.dtype), str(v.device), v.element_size(), v.is_cpu)
 
 

@@ -7,6 +7,9 @@ in three ways that the export removes:
 - compressed, possibly torn files: decompressed through `read_records`, which keeps every complete line;
 - a call left open by a killed process (a pre record with no post) would make the engine silently drop the rest of
   that thread's trace: such calls are dropped and counted (the complete calls inside them are kept);
+- a call of a function made directly inside a call of the same function on the same object (a decorator's wrapper
+  calling what it wraps, seen with library depth: `SGD.step` three times per step) is merged into the outer call,
+  as TrainCheck's collector, wrapping the outermost only, records one;
 - a post record carries the stage at return time (a call that switches stage, like `model.eval()`), the engine
   needs the stage of its pre record: the post record gets the pre record's stage;
 - a state record repeats a tensor's unchanged `data` hash when only its grad changed (after `backward`). The engine
@@ -24,6 +27,8 @@ that no other run can satisfy):
   `torch.Tensor.<name>`, the name users know);
 - a tensor's envelope gets `_TRAINCHECK_data_ID`, the data id the runtime writes beside it (its storage's order of
   appearance in its process): the same tensor twice has one id, two tensors alike have two;
+- lists, tuples and dicts are written as TrainCheck's collector writes them (plain JSON when they hold only
+  primitives; else a dict keeps its primitive values, a list nothing), so that an argument an invariant names matches;
 - state records get `itemsize` and `nbytes`, as in argument envelopes.
 
 Records are streamed: a thread's API records are held only while one of its calls is open, so memory stays bounded
@@ -103,9 +108,9 @@ class _Identities:
             out["function"] = TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
         for key in ("args", "kwargs"):
             if isinstance(record.get(key), dict):
-                out[key] = {k: _with_data_ids(v) for k, v in record[key].items()}
+                out[key] = {k: _traincheck_value(v) for k, v in record[key].items()}
         if "return_values" in record:
-            out["return_values"] = _with_data_ids(record["return_values"])
+            out["return_values"] = _traincheck_value(record["return_values"])
         return out
 
     def state(self, record: dict) -> dict:
@@ -121,24 +126,57 @@ class _Identities:
         return out
 
 
-def _with_data_ids(value):
-    """An envelope with each tensor's data id moved into its payload, as TrainCheck's `_TRAINCHECK_data_ID` (lists,
-    tuples and dicts walked)."""
-    if isinstance(value, list):
-        return [_with_data_ids(v) for v in value]
+_PRIMITIVE_TYPES = ("int", "float", "str", "bool", "NoneType")
+_NOT_RAW = object()
+
+
+def _raw(value):
+    """The plain JSON value an envelope of primitives stands for (TrainCheck's collector writes a JSON-serialisable
+    argument as it is, `{"list": [1, 2]}`), or _NOT_RAW."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return _NOT_RAW
+    ((tname, payload),) = value.items()
+    if tname in _PRIMITIVE_TYPES:
+        return payload
+    if tname in ("list", "tuple") and isinstance(payload, list):
+        items = [_raw(v) for v in payload]
+        return _NOT_RAW if any(v is _NOT_RAW for v in items) else items
+    if tname == "dict" and isinstance(payload, dict) and "..." not in payload:
+        items = {k: _raw(v) for k, v in payload.items()}
+        return _NOT_RAW if any(v is _NOT_RAW for v in items.values()) else items
+    return _NOT_RAW
+
+
+def _traincheck_value(value):
+    """An envelope as TrainCheck's collector writes it: a tensor's data id in its payload as `_TRAINCHECK_data_ID`;
+    a list, tuple or dict of primitives as plain JSON; otherwise a dict keeps its primitive values (and a tensor
+    value's data id as `_TRAINCHECK_<key>_ID`) and a list or tuple keeps nothing, as its attribute dump would."""
+    if isinstance(value, list):  # several return values
+        return [_traincheck_value(v) for v in value]
     if not isinstance(value, dict):
         return value
     if len(value) == 2 and "data_id" in value:
         (tname,) = (k for k in value if k != "data_id")
         payload = value[tname]
         return {tname: {**payload, DATA_ID: value["data_id"]}} if isinstance(payload, dict) else {tname: payload}
-    if len(value) == 1:
-        ((tname, payload),) = value.items()
-        if tname in ("list", "tuple"):
-            return {tname: _with_data_ids(payload)}
-        if tname == "dict" and isinstance(payload, dict):
-            return {tname: {k: _with_data_ids(v) for k, v in payload.items()}}
-    return value
+    if len(value) != 1:
+        return value
+    ((tname, payload),) = value.items()
+    if tname not in ("list", "tuple", "dict"):
+        return value
+    raw = _raw(value)
+    if raw is not _NOT_RAW:
+        return {tname: raw}
+    if tname != "dict" or not isinstance(payload, dict):
+        return {tname: {}}
+    kept = {}
+    for key, item in payload.items():
+        plain = _raw(item) if isinstance(item, dict) and next(iter(item), None) in _PRIMITIVE_TYPES else _NOT_RAW
+        if plain is not _NOT_RAW:
+            kept[key] = plain
+        elif isinstance(item, dict) and "data_id" in item:
+            kept[f"_TRAINCHECK_{key}_ID"] = item["data_id"]
+    return {tname: kept}
 
 
 def _first_records(run_dir: Path) -> list[dict]:
@@ -166,6 +204,7 @@ class ExportStats:
     dropped_open_calls: int = 0  # calls with a pre record and no post (process killed mid-call)
     unchanged_data_dropped: int = 0  # state records whose repeated `data` was left out
     stage_aligned_posts: int = 0  # post records whose stage was set to their pre record's
+    repeated_calls_merged: int = 0  # calls of a function made directly inside a call of it on the same object
     truncated_files: list[str] = field(default_factory=list)  # source files that ended torn (read up to the tear)
     bad_lines: int = 0  # source lines that were not records
 
@@ -175,14 +214,27 @@ class _Thread:
 
     def __init__(self, out):
         self.out = out
-        self.open: dict = {}  # func_call_id -> [index of its pre record in held, its stage]
+        self.open: dict = {}  # func_call_id -> [index of its pre record in held, its stage, function, obj_id]
         self.held: list = []  # records (dicts, or None for a dropped pre) waiting for the outermost call to close
+        self.merged: dict = {}  # func_call_id of a merged inner call -> the call it was merged into
 
     def add(self, record: dict, stats: ExportStats) -> None:
         call = record.get("func_call_id")
         if record.get("type") == PRE:
-            self.open[call] = [len(self.held), _stage(record)]
+            parent = self.merged.get(record.get("parent_id"), record.get("parent_id"))
+            outer = self.open.get(parent)
+            if outer is not None and outer[2:] == [record.get("function"), record.get("obj_id")]:
+                # a decorator's wrapper calling the function it wraps (torch.optim's step is wrapped twice): one call
+                # to TrainCheck's collector, which wraps the outermost only
+                self.merged[call] = parent
+                stats.repeated_calls_merged += 1
+                return
+            if parent != record.get("parent_id"):
+                record = {**record, "parent_id": parent}
+            self.open[call] = [len(self.held), _stage(record), record.get("function"), record.get("obj_id")]
             self.held.append(record)
+            return
+        if self.merged.pop(call, None) is not None:
             return
         opened = self.open.pop(call, None)
         if opened is None:  # a post with no pre (cannot happen in our traces): the engine would reject it
@@ -199,7 +251,7 @@ class _Thread:
             self.flush(stats)
 
     def flush(self, stats: ExportStats) -> None:
-        for index, _ in self.open.values():  # still open at the end of the trace
+        for index, *_ in self.open.values():  # still open at the end of the trace
             self.held[index] = None
             stats.dropped_open_calls += 1
         self.open.clear()
