@@ -97,7 +97,7 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
                 plain.append(_run(plain_cmd, BENCH))
                 runs.append(_run(command(folder / str(i)), BENCH, env))
             last = folder / str(pairs - 1)
-            stats = _traincheck_stats(last) if setting == "traincheck-collect" else _trace_stats(next(last.iterdir()))
+            stats = _traincheck_stats(last) if setting == "traincheck-collect" else _trace_stats(last)
             wall = statistics.median(r[0] for r in runs)
             row = {"workload": name, "setting": setting, "wall_s": wall, "peak_mib": max(r[1] for r in runs) / 1024, **stats,
                    "records_per_s": stats["records"] / wall}
@@ -138,11 +138,13 @@ def rewrite_benchmarks() -> list[tuple[str, float, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "train.py"
         script.write_text(source)
-        cmd = [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--only-instr", "--output-dir", tmp]
+        def cmd(run: str) -> list[str]:  # each run writes a new run folder
+            return [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--only-instr", "--output-dir", f"{tmp}/{run}"]
+
         # cold: each run with an empty rewrite cache; warm: the script's rewrite comes from the cache
-        cold = statistics.median(_run(cmd, Path(tmp), {**os.environ, "TC_REWRITE_CACHE_DIR": f"{tmp}/cache{i}"})[0] for i in range(3))
+        cold = statistics.median(_run(cmd(f"cold{i}"), Path(tmp), {**os.environ, "TC_REWRITE_CACHE_DIR": f"{tmp}/cache{i}"})[0] for i in range(3))
         warm_env = {**os.environ, "TC_REWRITE_CACHE_DIR": f"{tmp}/cache0"}
-        warm = statistics.median(_run(cmd, Path(tmp), warm_env)[0] for _ in range(3))
+        warm = statistics.median(_run(cmd(f"warm{i}"), Path(tmp), warm_env)[0] for i in range(3))
     return [
         ("rewrite speed", 1 / per_line, "lines per s"),
         ("--only-instr, 1,000-line script, cold cache", cold, "s wall"),

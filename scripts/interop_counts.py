@@ -39,11 +39,10 @@ def _infer(engine: Path, folder: Path, out: Path) -> collections.Counter | str:
 def ours(fixture: Path, work: Path, engine: Path, flags: list[str]) -> collections.Counter | str:
     runs = work / "ours"
     proc = _run([sys.executable, "-m", "traincheck_rewrite", str(fixture / "config.yaml"), "--output-dir", str(runs), *flags], ROOT)
-    made = list(runs.glob("traincheck_run_*"))
-    if proc.returncode != 0 or len(made) != 1:
+    if proc.returncode != 0 or not (runs / "run.json").is_file():
         return f"collect failed ({proc.returncode})"
     export = work / "ours_export"
-    proc = _run([sys.executable, "-m", "traincheck_rewrite", "trace", "export", str(made[0]), "--to", str(export)], ROOT)
+    proc = _run([sys.executable, "-m", "traincheck_rewrite", "trace", "export", str(runs), "--to", str(export)], ROOT)
     if proc.returncode != 0:
         return "export failed"
     return _infer(engine, export, work / "ours_inv.json")

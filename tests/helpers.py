@@ -40,13 +40,15 @@ def run_plain(cmd: list[str], cwd: Path, env_extra: dict[str, str] | None = None
 def run_tc(
     args: list[str], out_dir: Path, cwd: Path | None = None, timeout: float = 300, env_extra: dict[str, str] | None = None
 ) -> Result:
-    """`python -m traincheck_rewrite ARGS --output-dir OUT_DIR`; finds the run folder it made."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    before = set(out_dir.iterdir())
-    cmd = [sys.executable, "-m", "traincheck_rewrite", "--output-dir", str(out_dir), *args]
+    """`python -m traincheck_rewrite --output-dir RUN ARGS`: RUN is `out_dir` itself when it is new or empty (the run
+    folder, as in TrainCheck), else a new `run_<n>` folder inside it."""
+    run_dir = out_dir
+    if out_dir.exists() and any(out_dir.iterdir()):
+        run_dir = next(out_dir / f"run_{n}" for n in range(1000) if not (out_dir / f"run_{n}").exists())
+    cmd = [sys.executable, "-m", "traincheck_rewrite", "--output-dir", str(run_dir), *args]
     proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=_env(env_extra), timeout=timeout)
-    made = [p for p in set(out_dir.iterdir()) - before if p.name.startswith("traincheck_run_")]
-    return Result(proc.returncode, proc.stdout, proc.stderr, made[0] if len(made) == 1 else None)
+    made = (run_dir / "run.json").is_file()
+    return Result(proc.returncode, proc.stdout, proc.stderr, run_dir if made else None)
 
 
 def sites(run_dir: Path) -> dict[str, dict]:

@@ -89,14 +89,13 @@ print(float(net(torch.ones(2)).sum() * 0))
 
 def _instrument(script: Path, out: Path, cache: Path, *flags: str) -> tuple[subprocess.CompletedProcess, Path]:
     """`tc-rewrite --only-instr` with import timing on; returns the process and the run folder."""
-    before = set(out.iterdir()) if out.exists() else set()
+    out = next(out / f"run_{n}" for n in range(100) if not (out / f"run_{n}").exists())  # a new run folder each call
     env = {**os.environ, "TC_REWRITE_CACHE_DIR": str(cache)}
     cmd = [sys.executable, "-X", "importtime", "-m", "traincheck_rewrite", "--pyscript", str(script), "--only-instr",
            "--output-dir", str(out), *flags]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    (run_dir,) = set(out.iterdir()) - before
-    return proc, run_dir
+    return proc, out
 
 
 def _imports_libcst(proc: subprocess.CompletedProcess) -> bool:

@@ -120,7 +120,6 @@ def test_sigterm_to_tc_rewrite_stops_the_program_and_keeps_its_trace(tmp_path: P
         "    time.sleep(0.001)\n"
     )
     out = tmp_path / "out"
-    out.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--output-dir", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -129,7 +128,7 @@ def test_sigterm_to_tc_rewrite_stops_the_program_and_keeps_its_trace(tmp_path: P
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
-    (run_dir,) = out.iterdir()
+    run_dir = out
     stats = ReadStats()
     records = list(read_records(run_dir, stats=stats))
     adds = [r for r in records if r["function"] == "torch.Tensor.add_" and r["type"] == "function_call (post)"]
@@ -191,13 +190,12 @@ def test_program_output_keeps_any_bytes(tmp_path: Path):
     script = tmp_path / "bytes.py"
     script.write_text("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe raw\\n')\nsys.stderr.write('err line\\n')\n")
     out = tmp_path / "out"
-    out.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--output-dir", str(out)],
         capture_output=True, timeout=120,
     )
     assert proc.returncode == 0
     assert proc.stdout == b"\xff\xfe raw\n"
-    (run_dir,) = out.iterdir()
+    run_dir = out
     log = (run_dir / "program_output.txt").read_bytes()
     assert b"\xff\xfe raw\n" in log and b"err line\n" in log

@@ -87,7 +87,7 @@ def test_torn_file_is_read_up_to_the_tear(tmp_path: Path):
     (folder / "trace_API_7_1.log.zst").write_bytes(whole + torn)
     stats = export_traincheck(tmp_path / "run", tmp_path / "out")
     assert stats.truncated_files == ["trace_API_7_1.log.zst"]
-    assert [r["func_call_id"] for r in read_export(tmp_path / "out")["trace_API_7_1.log"]] == [1, 1]
+    assert [r["func_call_id"] for r in read_export(tmp_path / "out")["trace_API_0_0.log"]] == [1, 1]
 
 
 def test_refuses_a_non_empty_target_and_leaves_nothing_half_written(tmp_path: Path):
@@ -99,7 +99,7 @@ def test_refuses_a_non_empty_target_and_leaves_nothing_half_written(tmp_path: Pa
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["keep.txt"]
     (tmp_path / "empty").mkdir()
     export_traincheck(tmp_path / "run", tmp_path / "empty")
-    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["export.json", "trace_API_7_1.log"]
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["export.json", "trace_API_0_0.log"]
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
@@ -112,11 +112,109 @@ def test_cli_exports_a_real_run_whose_records_read_back_identically(tmp_path: Pa
     assert proc.returncode == 0 and f"to {out}" in proc.stderr, proc.stderr
     exported = [r for lines in read_export(out).values() for r in lines]
     original = list(read_records(result.run_dir))
+    pid = original[0]["process_id"]
     assert len(exported) == len(original) and {r["func_call_id"] for r in exported if "func_call_id" in r} == {
-        r["func_call_id"] for r in original if "func_call_id" in r
+        r["func_call_id"] - pid * 10**9 for r in original if "func_call_id" in r  # process 0: the only one
     }
     # the plain reader reads the export folder too (decompressed TrainCheck layout)
     assert len(list(read_records(out))) == len(original)
     again = subprocess.run([sys.executable, "-m", "traincheck_rewrite", "trace", "export", str(result.run_dir), "--to", str(out)],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
+
+
+def _envelope(data_id: int) -> dict:
+    return {"torch.FloatTensor": {"dtype": "torch.float32", "shape": [2], "nbytes": 8}, "data_id": data_id}
+
+
+def test_identities_are_ranks_and_orders_of_appearance_never_os_ids_or_addresses(tmp_path: Path):
+    def call(pid: int, tid: int, n: int, t: int, rank=None, **pre) -> list[dict]:
+        meta = {"step": 1, "stage": "training", **({"rank": rank} if rank is not None else {})}
+        base = {"func_call_id": pid * 10**9 + n, "function": "torch.Tensor.normal_", "process_id": pid, "thread_id": tid,
+                "meta_vars": meta, "is_bound_method": True, "obj_id": 140000 + n % 2}
+        return [{**base, "type": PRE, "time": t, "parent_id": None, "args": {}, "kwargs": {}, **pre},
+                {**base, "type": POST, "time": t + 1, "return_values": {"NoneType": None}}]
+
+    traces = tmp_path / "run" / "traces"
+    # two single processes: the one that started first is 0, whatever its pid; threads in order of appearance
+    write_trace(traces, "trace_API_900_5.log.zst", call(900, 5, 1, 10) + call(900, 5, 2, 20))
+    write_trace(traces, "trace_API_900_77.log.zst", call(900, 77, 3, 15))
+    write_trace(traces, "trace_API_500_9.log.zst", call(500, 9, 1, 12, args={"0": _envelope(0)}))
+    export_traincheck(tmp_path / "run", tmp_path / "out")
+    files = read_export(tmp_path / "out")
+    assert sorted(files) == ["trace_API_0_0.log", "trace_API_0_1.log", "trace_API_1_0.log"]
+    first = files["trace_API_0_0.log"]
+    assert [r["func_call_id"] for r in first] == [1, 1, 2, 2] and {r["function"] for r in first} == {"torch._C.TensorBase.normal_"}
+    assert files["trace_API_1_0.log"][0]["func_call_id"] == 10**9 + 1
+
+    # ranks win over the order of appearance
+    ranked = tmp_path / "ranked" / "traces"
+    write_trace(ranked, "trace_API_300_1.log.zst", call(300, 1, 1, 10, rank=1))
+    write_trace(ranked, "trace_API_400_1.log.zst", call(400, 1, 1, 20, rank=0))
+    export_traincheck(tmp_path / "ranked", tmp_path / "ranked_out")
+    files = read_export(tmp_path / "ranked_out")
+    assert {name: lines[0]["meta_vars"]["rank"] for name, lines in files.items()} == {"trace_API_0_0.log": 0, "trace_API_1_0.log": 1}
+
+
+def test_a_tensor_keeps_one_data_id_and_two_tensors_alike_get_two(tmp_path: Path):
+    # normal_ on one tensor twice, then on another tensor alike: TrainCheck's DistinctArgumentRelation compares
+    # whole argument envelopes, so only a data id tells the two cases apart
+    calls = []
+    for n, data_id in enumerate((0, 0, 2), 1):
+        calls += [api(PRE, n, 2 * n, args={"0": _envelope(data_id)}, kwargs={"std": {"float": 0.02}}),
+                  api(POST, n, 2 * n + 1, return_values=[_envelope(data_id), {"dict": {"w": _envelope(1), "lr": {"float": 0.1}}}])]
+    write_trace(tmp_path / "run" / "traces", "trace_API_7_1.log.zst", calls)
+    write_trace(tmp_path / "run" / "traces", "trace_VAR_7_1.log.zst", [
+        {**state(1, 10, None), "attributes": {"dtype": "torch.float32", "numel": 6, "data": 10, "grad": None}}])
+    export_traincheck(tmp_path / "run", tmp_path / "out")
+    files = read_export(tmp_path / "out")
+    pres = [r for r in files["trace_API_0_0.log"] if r["type"] == PRE]
+    ids = [r["args"]["0"]["torch.FloatTensor"]["_TRAINCHECK_data_ID"] for r in pres]
+    assert ids == [0, 0, 2] and all('"data_id"' not in json.dumps(r) for r in files["trace_API_0_0.log"])
+    assert pres[0]["args"]["0"] == pres[1]["args"]["0"] != pres[2]["args"]["0"]
+    post = files["trace_API_0_0.log"][1]["return_values"]
+    assert post[0]["torch.FloatTensor"]["_TRAINCHECK_data_ID"] == 0
+    assert post[1] == {"dict": {"_TRAINCHECK_w_ID": 1, "lr": 0.1}}  # as TrainCheck's attribute dump of a dict
+    (var,) = files["trace_VAR_0_0.log"]
+    assert var["attributes"]["nbytes"] == 24 and var["attributes"]["itemsize"] == 4
+
+
+def test_two_runs_of_one_program_export_the_same_records_but_for_times(tmp_path: Path):
+    exported = []
+    for name in ("a", "b"):
+        result = run_tc([str(FIXTURES / "mlp" / "config.yaml")], tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        plain = sorted(result.run_dir.glob("trace_*.log"))  # written into the run folder when the program ended
+        exported.append([{k: v for k, v in r.items() if k not in ("time", "obj_id")}  # obj_id: id(self), for grouping
+                         for p in plain for r in map(json.loads, p.read_text().splitlines())])
+    assert exported[0] == exported[1]
+    names = {r.get("function") for r in exported[0]}
+    assert "torch._C.TensorBase.item" in names and not any(str(n).startswith("torch.Tensor.") for n in names)
+
+
+def test_containers_are_written_as_traincheck_writes_them(tmp_path: Path):
+    group = {"dict": {"lr": {"float": 0.1}, "nesterov": {"bool": False}, "params": {"list": [_envelope(3)]}}}
+    args = {"0": {"list": [{"int": 1}, {"tuple": [{"str": "a"}, {"NoneType": None}]}]}, "1": group,
+            "2": {"tuple": [_envelope(4)]}, "3": {"dict": {"k": {"int": 2}}}}
+    write_trace(tmp_path / "run" / "traces", "trace_API_7_1.log.zst", [api(PRE, 1, 1, args=args, kwargs={}), api(POST, 1, 2)])
+    export_traincheck(tmp_path / "run", tmp_path / "out")
+    pre = read_export(tmp_path / "out")["trace_API_0_0.log"][0]
+    assert pre["args"] == {"0": {"list": [1, ["a", None]]}, "1": {"dict": {"lr": 0.1, "nesterov": False}},
+                           "2": {"tuple": {}}, "3": {"dict": {"k": 2}}}  # fmt: skip
+
+
+def test_a_wrapper_calling_the_function_it_wraps_is_one_call(tmp_path: Path):
+    def call(kind, n, t, parent=None, function="torch.optim.sgd.SGD.step", obj=5):
+        return api(kind, n, t, parent_id=parent, obj_id=obj, **{"function": function})
+
+    records = [call(PRE, 1, 1), call(PRE, 2, 2, parent=1), call(PRE, 3, 3, parent=2),  # step > step > step
+               call(PRE, 4, 4, parent=3, function="torch.optim.sgd._single_tensor_sgd", obj=None),
+               call(POST, 4, 5, function="torch.optim.sgd._single_tensor_sgd", obj=None),
+               call(POST, 3, 6), call(POST, 2, 7), call(POST, 1, 8),
+               call(PRE, 5, 9, obj=6), call(PRE, 6, 10, parent=5, obj=7), call(POST, 6, 11, obj=7), call(POST, 5, 12, obj=6)]
+    write_trace(tmp_path / "run" / "traces", "trace_API_7_1.log.zst", records)
+    stats = export_traincheck(tmp_path / "run", tmp_path / "out")
+    (lines,) = read_export(tmp_path / "out").values()
+    assert [(r["func_call_id"], r["type"] == PRE) for r in lines] == [
+        (1, True), (4, True), (4, False), (1, False), (5, True), (6, True), (6, False), (5, False)]  # other objects: kept
+    assert lines[1]["parent_id"] == 1 and stats.repeated_calls_merged == 2

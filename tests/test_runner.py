@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIXTURES, api_records, run_tc
+from helpers import FIXTURES, api_records, run_plain, run_tc
 from traincheck_rewrite.shscript import replace_script_words
 
 
@@ -99,7 +99,9 @@ def test_calls_inside_the_users_forward_nest_under_the_model_call(tmp_path: Path
     assert post[relu["func_call_id"]] < post[parent["func_call_id"]]
 
 
-def test_run_folders_are_never_reused(tmp_path: Path):
-    first = run_tc(["--pyscript", str(FIXTURES / "mlp" / "train.py"), "--only-instr"], tmp_path)
-    second = run_tc(["--pyscript", str(FIXTURES / "mlp" / "train.py"), "--only-instr"], tmp_path)
-    assert first.run_dir != second.run_dir and first.run_dir.name.startswith("traincheck_run_train_torch_")
+def test_without_output_dir_each_run_gets_a_new_folder_named_like_traincheck(tmp_path: Path):
+    cmd = [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(FIXTURES / "mlp" / "train.py"), "--only-instr"]
+    for _ in range(2):
+        assert run_plain(cmd, cwd=tmp_path).returncode == 0
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert len(made) == 2 and all(name.startswith("traincheck_run_train_torch_") for name in made), made

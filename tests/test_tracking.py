@@ -251,3 +251,51 @@ def test_ddp_two_ranks_under_torchrun_track_the_unwrapped_model(tmp_path: Path):
         assert names == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
         steps = [r for r in records if r["process_id"] == pid and r.get("function") == "torch.optim.sgd.SGD.step"]
         assert len(steps) == 10  # 5 pre + 5 post on each rank
+
+
+HEAD_SWAP = '''import torch
+import torch.nn as nn
+
+torch.manual_seed(0)
+body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+body.add_module("head", nn.Linear(8, 2))
+model = body
+for p in model.parameters():
+    p.requires_grad_(False)
+model.head = nn.Linear(8, 3)  # a replaced classifier head: its parameters are the only ones trained
+optimizer = torch.optim.Adam(model.head.parameters(), lr=0.1)
+x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+for step in range(3):
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+model.head.extra = nn.Parameter(torch.zeros(2))  # a parameter registered on a submodule, then changed in place
+with torch.no_grad():
+    model.head.extra.add_(1.0)
+del model.head
+print("done")
+'''
+
+
+def test_a_submodule_assigned_after_the_model_was_bound_is_tracked(tmp_path: Path):
+    (tmp_path / "train.py").write_text(HEAD_SWAP)
+    traced = run_tc(["--pyscript", "train.py", "--models-to-track", "model"], tmp_path / "run", cwd=tmp_path)
+    assert traced.returncode == 0 and traced.stdout == "done\n", traced.stderr
+    records = sorted(read_records(traced.run_dir), key=lambda r: r["time"])
+    init = [r for r in records if r["type"] == "state_change" and r["mode"] == "init"]
+    first = {r["var_name"] for r in init if r["dump_loc"] == "track(model)"}
+    assert first == {"model.0.weight", "model.0.bias", "model.head.weight", "model.head.bias"}
+    new_head = [r for r in init if r["dump_loc"] == "track(model) after an assignment"]
+    assert {r["var_name"] for r in new_head} >= {"model.head.weight", "model.head.bias", "model.head.extra"}
+    assert [r["attributes"]["shape"] for r in new_head if r["var_name"] == "model.head.weight"][0] == [3, 8]
+    # "Adam.step changes Parameter.data": every step changes the new head's weight inside its window
+    steps = _windows(records, "torch.optim.adam.Adam.step")
+    assert len(steps) == 3
+    for window in steps:
+        assert _states(records, "model.head.weight", window) and not _states(records, "model.0.weight", window)
+    add = _windows(records, "torch.Tensor.add_")
+    assert len(add) == 1 and [r["attributes"]["data"] for r in _states(records, "model.head.extra", add[0])]
+    # the head deleted at the end is forgotten: nothing is written about it after
+    deleted_at = max(r["time"] for r in records if r.get("function") == "torch.Tensor.add_")
+    assert not [r for r in records if r["time"] > deleted_at and r.get("var_name", "").startswith("model.head.")]

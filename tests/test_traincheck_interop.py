@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from helpers import FIXTURES, ROOT, run_tc
 from traincheck_rewrite.trace import read_records
@@ -24,15 +26,11 @@ def _engine() -> Path:
 
 
 def _collect_and_export(tmp: Path, name: str, *args: str) -> tuple[Path, Path, str]:
+    """A run folder, which the engine reads as it is (the plain traces written beside traces/)."""
     result = run_tc([str(CONFIG), *args], tmp / name)
     assert result.returncode == 0 and result.run_dir is not None, result.stderr[-3000:]
-    export = tmp / f"{name}_export"
-    proc = subprocess.run(
-        [sys.executable, "-m", "traincheck_rewrite", "trace", "export", str(result.run_dir), "--to", str(export)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return result.run_dir, export, result.stderr
+    assert json.loads((result.run_dir / "run.json").read_text())["plain_traces"]["written"]
+    return result.run_dir, result.run_dir, result.stderr
 
 
 def _check(engine: Path, export: Path, invariants: Path, out: Path) -> dict:
@@ -91,3 +89,113 @@ def test_infer_from_our_traces_then_check_a_healthy_and_a_buggy_run(tmp_path: Pa
     assert buggy["first_violation_step"] == BUG_STEP, buggy
     assert all(v["first_step"] >= BUG_STEP for v in buggy["violations"]), buggy
     assert any("zero_grad" in v["display_name"] and v["relation_type"] == "FunctionCoverRelation" for v in buggy["violations"]), buggy
+
+
+def _trace_vocabulary(folder: Path) -> tuple[set[str], set[str], set[str]]:
+    """What a plain trace folder records: API names, attributes of its state records, attributes of the tensors in
+    its argument and return envelopes."""
+    functions, state, envelopes = set(), set(), set()
+
+    def walk(value) -> None:
+        if isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if k.startswith("torch.") and k.endswith("Tensor") and isinstance(v, dict):
+                    envelopes.update(v)
+                else:
+                    walk(v)
+
+    for path in [*folder.glob("trace_*"), *folder.glob("proxy_log.json")]:
+        for line in path.open():
+            record = json.loads(line)
+            if "function" in record:
+                functions.add(record["function"])
+            state.update(record.get("attributes") or {})
+            walk([record.get("args"), record.get("kwargs"), record.get("return_values")])
+    return functions, state, envelopes
+
+
+def _checkable(invariants: Path, folders: list[Path], out: Path) -> collections.Counter:
+    """Write to `out` the invariants of `invariants` about APIs and attributes that every trace of `folders` records;
+    return their count per relation."""
+    vocabularies = [_trace_vocabulary(f) for f in folders]
+    functions, state, envelopes = (set.intersection(*(v[i] for v in vocabularies)) for i in range(3))
+    kept = []
+    for line in invariants.read_text().splitlines():
+        invariant = json.loads(line)
+        about_state = invariant["relation"] in ("APIContainRelation", "ConsistencyRelation")
+        apis, attributes = set(), set()
+        for param in invariant["params"]:
+            apis.add(param.get("api_full_name") or param.get("api_name"))
+            attributes.add(param.get("attr_name") or (param.get("additional_path") or [None])[0])
+        if apis - {None} <= functions and attributes - {None} <= (state if about_state else envelopes):
+            kept.append(line)
+    out.write_text("".join(line + "\n" for line in kept))
+    return collections.Counter(json.loads(line)["relation"] for line in kept)
+
+
+# Invariants one collector's trace supports and the other's does not, each for a reason found in both traces (see
+# docs/traincheck.md, "Invariants across collectors"). Keys: (invariant inferred from, its text).
+COLLECTOR_DIFFERENCES = {
+    ("theirs", "SGD.step() changes Parameter.grad: None --> non-zero"):
+        "TrainCheck's proxy sees a gradient when the optimizer reads it; ours records it inside backward, which sets it",
+    ("theirs", "SGD.step() always calls sgd._single_tensor_sgd()"):
+        "under TrainCheck's collector momentum_buffer_list stays [None, ...] at every step (the run computes "
+        "something else); in the program, and in our trace, momentum buffers exist from step 2",
+    ("theirs", "Sequential.forward() always calls Linear.forward()"): "TrainCheck writes module arguments as {}",
+    ("theirs", "Sequential.forward() always calls ReLU.forward()"): "TrainCheck writes module arguments as {}",
+    ("ours", "Sequential.forward() always calls ReLU.forward()"): "TrainCheck writes module arguments as {}",
+    ("ours", "SGD.step() changes Parameter.data: non-zero --> non-zero"):
+        "TrainCheck's proxy log loses its last records: the last step's update is not in its trace",
+    ("ours", "SGD.step() always calls Optimizer._optimizer_step_code()"):
+        "TrainCheck's SGD.step record is the inner of torch.optim's two wrappers; ours the outer, which calls it",
+    ("theirs", "init.kaiming_uniform_() always calls init._calculate_fan_in_and_fan_out()"):
+        "calls inside torch.nn.init's functions are not logged with rewrite_libraries (not yet explained)",
+    ("theirs", "init.kaiming_uniform_() always calls torch.is_grad_enabled()"): "same: inside torch.nn.init",
+    ("theirs", "init.uniform_() always calls torch.is_grad_enabled()"): "same: inside torch.nn.init",
+    ("theirs", "Linear.reset_parameters() always calls torch.is_grad_enabled()"): "same: inside torch.nn.init",
+}
+DEPTH = ["--rewrite-libraries", "torch.optim", "torch.nn.modules", "torch.nn.init"]
+
+
+@pytest.mark.slow
+def test_invariants_from_either_collector_hold_on_the_others_trace_of_a_healthy_run(tmp_path: Path):
+    """The MLP fixture traced by traincheck-collect and by us (torch.optim, torch.nn.modules and torch.nn.init
+    rewritten, so that both record the calls torch makes inside the program's); invariants inferred from each trace,
+    restricted to the APIs and attributes both traces record (TrainCheck's also name torch's import-time
+    registrations, its own hashing calls and the ids it stores), are checked on the other trace: no violation
+    either way but the listed collector differences."""
+    engine = _engine()
+    fixture = FIXTURES / "mlp"
+    ours = run_tc([str(fixture / "config.yaml"), *DEPTH], tmp_path / "ours")
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    src = tmp_path / "src"
+    shutil.copytree(fixture, src)  # traincheck-collect writes beside the script
+    theirs = tmp_path / "theirs"
+    proc = subprocess.run(
+        [str(engine / "traincheck-collect"), "--pyscript", "train.py", "--models-to-track", "model", "--output-dir", str(theirs)],
+        cwd=src, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inferred = {}
+    for name, folder in (("ours", ours.run_dir), ("theirs", theirs)):
+        inferred[name] = tmp_path / f"{name}_invariants.json"
+        proc = subprocess.run([str(engine / "traincheck-infer"), "-f", str(folder), "-o", str(inferred[name])],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=1200)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for source, target in (("theirs", ours.run_dir), ("ours", theirs)):
+        checkable = tmp_path / f"{source}_checkable.json"
+        relations = _checkable(inferred[source], [ours.run_dir, theirs], checkable)
+        assert sum(relations.values()) >= 50 and relations["APIContainRelation"] and relations["FunctionLeadRelation"], relations
+        report = _check(engine, target, checkable, tmp_path / f"{source}_on_{target.name}")
+        unexplained = [v["display_name"] for v in report["violations"] if (source, v["display_name"]) not in COLLECTOR_DIFFERENCES]
+        assert unexplained == [], (source, unexplained)
+
+    # --invariants takes TrainCheck's invariant file as it is; the selective run passes what the full one passed
+    selective = run_tc([str(fixture / "config.yaml"), "--invariants", str(inferred["theirs"]), *DEPTH], tmp_path / "selective")
+    assert selective.returncode == 0 and "selective collection:" in selective.stderr, selective.stderr[-3000:]
+    report = _check(engine, selective.run_dir, tmp_path / "theirs_checkable.json", tmp_path / "selective_check")
+    unexplained = [v["display_name"] for v in report["violations"] if ("theirs", v["display_name"]) not in COLLECTOR_DIFFERENCES]
+    assert unexplained == [], unexplained

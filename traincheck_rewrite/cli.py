@@ -23,7 +23,9 @@ COLLECT_HELP = """Instrument a PyTorch training script, run it and write its tra
   tc-rewrite --pyscript train.py [FLAGS] [-- SCRIPT ARGS...]
 
 Config keys are the flag names with '_' for '-'. Flags given on the command line override the config file;
-arguments after '--' are appended to the config's 'args'. Reading run folders: 'tc-rewrite trace --help'; the
+arguments after '--' are appended to the config's 'args'. As in traincheck-collect, --modules-to-instr,
+--models-to-track and --invariants take several values (-t torch transformers), and --output-dir DIR is the run
+folder itself (new or empty). Reading run folders: 'tc-rewrite trace --help'; the
 cache of rewritten libraries: 'tc-rewrite cache --help'.
 """
 
@@ -47,7 +49,7 @@ def _opt(*decls, **kw):
 @_opt("--models-to-track", multiple=True, metavar="NAME", help="Variables holding models to track.")
 @_opt("--model-tracker-style", type=click.Choice(["proxy", "subclass", "sampler"]), help="[proxy]")
 @_opt("-a", "--copy-all-files", is_flag=True, help="Copy and instrument the script's whole folder.")
-@_opt("--output-dir", metavar="DIR", help="Where the run folder is made [current directory].")
+@_opt("--output-dir", metavar="DIR", help="The run folder (new or empty) [traincheck_run_<script>_..._<time>].")
 @_opt("--only-instr", is_flag=True, help="Write the run folder without running (does not import torch).")
 @_opt("-i", "--invariants", multiple=True, metavar="FILE", help="TrainCheck invariant files: record only what they need.")
 @_opt("--sampling-interval", type=int, help="Record every N-th step after the warm-up [1; 10 with --invariants].")
@@ -56,9 +58,15 @@ def _opt(*decls, **kw):
 @_opt("--API-dump-stack-trace", "API_dump_stack_trace", is_flag=True, help="Record a stack trace per call.")
 @_opt("--use-full-instr", is_flag=True, help="Accepted for TrainCheck compatibility.")
 @_opt("-d", "--debug-mode", is_flag=True, help="Verbose tool output.")
+@_opt("--instr-descriptors", is_flag=True, help="TrainCheck's; tensor methods are always logged.")
+@_opt("--profiling", is_flag=True, help="TrainCheck's; accepted, not run under py-spy.")
+@_opt("--disable-scan-proxy-in-args", is_flag=True, help="TrainCheck's; accepted, proxy_obj_names kept.")
+@_opt("--no-auto-var-instr", is_flag=True, help="TrainCheck's; accepted, models stay tracked.")
+@_opt("--use-torch-compile", is_flag=True, help="TrainCheck's; accepted, torch.compile needs no switch.")
 @_opt("--rewrite-libraries", multiple=True, metavar="MODULE", help="Library modules whose inner calls are logged.")
 @_opt("--rewrite-frameworks/--no-rewrite-frameworks", help="Log what training frameworks call for the program [on].")
 @_opt("--log-import-time-calls", is_flag=True, help="Also log calls made while rewritten libraries are imported.")
+@_opt("--plain-traces/--no-plain-traces", help="Also write the plain traces TrainCheck's engine reads into the run folder [on].")
 @_opt("--meta-var", "meta_var", multiple=True, metavar="KEY=VALUE", help="A static meta variable (repeatable).")
 @_opt("--summary", is_flag=True, help="Print the trace summary after the run.")
 @click.version_option(__version__, prog_name="tc-rewrite")
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         if "--" in argv:
             i = argv.index("--")
             argv, meta = argv[:i], {"script_args": argv[i + 1 :]}
+        argv = _spread_variadic(argv)
     try:
         with command.make_context(prog, argv) as ctx:
             ctx.meta.update(meta)
@@ -312,6 +321,26 @@ def main(argv: list[str] | None = None) -> None:
         _die(" ".join(exc.format_message().split()))
     except click.ClickException as exc:
         _die(" ".join(exc.format_message().split()), exc.exit_code)
+
+
+_VARIADIC = {"-t", "--modules-to-instr", "--models-to-track", "-i", "--invariants", "--rewrite-libraries"}
+
+
+def _spread_variadic(argv: list[str]) -> list[str]:
+    """`--models-to-track a b` (argparse's nargs='*', as traincheck-collect takes it) as `--models-to-track a
+    --models-to-track b`: the values run up to the next word that starts with '-'; a flag with none is left out."""
+    out: list[str] = []
+    flag = None
+    for word in argv:
+        if word.startswith("-") and word != "-":
+            flag = word if word in _VARIADIC else None
+            if flag is None:
+                out.append(word)
+            continue
+        if flag is not None:
+            out.append(flag)
+        out.append(word)
+    return out
 
 
 def _die(message: str, code: int = 2) -> None:

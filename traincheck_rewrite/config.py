@@ -42,19 +42,34 @@ class Config:
     API_dump_stack_trace: bool = False
     use_full_instr: bool = False
     debug_mode: bool = False
+    instr_descriptors: bool = False
+    profiling: bool = False
+    disable_scan_proxy_in_args: bool = False
+    no_auto_var_instr: bool = False
+    use_torch_compile: bool = False
     args: tuple[str, ...] = ()
     meta_vars: dict = field(default_factory=dict)
     meta_from: dict = field(default_factory=dict)
     rewrite_libraries: tuple[str, ...] = ()
     rewrite_frameworks: bool = True
     log_import_time_calls: bool = False
+    plain_traces: bool = True
     config_path: Path | None = None
     notes: tuple[str, ...] = ()
 
 
 KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
 _PATH_KEYS = {"pyscript", "shscript", "output_dir"}
-_BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode", "log_import_time_calls", "rewrite_frameworks"}
+# Switches of traincheck-collect 0.2.0 that tune how it patches torch; accepted (flag and key), and what we do instead.
+TRAINCHECK_SWITCHES = {
+    "instr_descriptors": "tensor methods (torch._C.TensorBase.*) called by the program are always logged, at its call sites",
+    "profiling": "the program is not run under py-spy; run `py-spy record -- tc-rewrite ...` to profile it",
+    "disable_scan_proxy_in_args": "tracked objects among the arguments are found by identity at no measurable cost; proxy_obj_names is kept",
+    "no_auto_var_instr": "models_to_track stay tracked at each binding: tracking only reads tensors, so there is nothing to avoid",
+    "use_torch_compile": "torch.compile needs no switch: compiled code runs unlogged and tracked models stay tracked",
+}
+_BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode", "log_import_time_calls",
+              "plain_traces", "rewrite_frameworks", *TRAINCHECK_SWITCHES}
 _STR_LIST_KEYS = {"modules_to_instr", "models_to_track", "rewrite_libraries"}
 
 
@@ -196,6 +211,7 @@ def load_config(config_path: Path | None, overrides: dict[str, Any]) -> Config:
         else:
             values[key] = cli.value(key, raw)
     notes += cli.notes
+    notes += [f"{key}: accepted for TrainCheck compatibility; {TRAINCHECK_SWITCHES[key]}" for key in TRAINCHECK_SWITCHES if values.get(key)]
     config = Config(**values, config_path=config_path, notes=tuple(notes))
     _check_files(config)
     return config
@@ -215,8 +231,11 @@ def _check_files(config: Config) -> None:
         _check_file("invariants", path)
     for name in config.rewrite_libraries:
         _check_library(name, str(config.pyscript.parent))
-    if config.output_dir is not None and config.output_dir.exists() and not config.output_dir.is_dir():
-        raise ConfigError(f"output_dir: {config.output_dir} exists and is not a folder")
+    if config.output_dir is not None and config.output_dir.exists():  # the run folder itself, as in TrainCheck
+        if not config.output_dir.is_dir():
+            raise ConfigError(f"output_dir: {config.output_dir} exists and is not a folder")
+        if any(config.output_dir.iterdir()):
+            raise ConfigError(f"output_dir: {config.output_dir} exists and is not empty; give a new or empty folder")
 
 
 def _check_file(key: str, path: Path) -> None:

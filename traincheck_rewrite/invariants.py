@@ -83,6 +83,7 @@ def _add(selection: Selection, invariant: dict) -> None:
         kind = param.get("param_type")
         name = param.get("api_full_name") if kind == "APIParam" else param.get("api_name") if kind == "InputOutputParam" else None
         if isinstance(name, str):
+            name = runtime_name(name)
             apis.add(name)
             needs = reads_args or kind == "InputOutputParam" or "arguments" in param
             selection.functions[name] = selection.functions.get(name, False) or needs
@@ -90,6 +91,14 @@ def _add(selection: Selection, invariant: dict) -> None:
             selection.variables = True
             selection.var_types.add(str(param.get("var_type")))
     selection.apis_of.append(apis)
+
+
+def runtime_name(name: str) -> str:
+    """The runtime's name of an API named as TrainCheck's collector (and our export) name it: tensor methods are
+    `torch._C.TensorBase.<name>` there, `torch.Tensor.<name>` in the runtime."""
+    if name.startswith("torch._C.TensorBase."):
+        return "torch.Tensor." + name[len("torch._C.TensorBase."):]
+    return name
 
 
 def _mentions_arguments(precondition) -> bool:

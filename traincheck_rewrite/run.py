@@ -28,6 +28,7 @@ from .invariants import load_selection
 from .rewrite import Bindings, RewriteError, SiteTable
 from .runtime import codecache
 from .shscript import replace_script_words
+from .trace.export import ExportError, export_beside
 from .trace.reader import decompressed_chunks
 from .trace.recover import seal
 
@@ -62,22 +63,42 @@ def _distribution_version(module: str) -> str:
     return "unknown"
 
 
-def _run_folder(config: Config, versions: dict[str, str]) -> Path:
-    """A new folder named like TrainCheck's: traincheck_run_<script>_<module>_<version>..._<timestamp>."""
+def _run_folder(config: Config, versions: dict[str, str]) -> tuple[Path, bool]:
+    """The run folder and whether this run created it. With `output_dir`, that folder itself (as TrainCheck does),
+    created if missing and refused if it holds anything; else a new folder named like TrainCheck's,
+    traincheck_run_<script>_<module>_<version>..._<timestamp>, in the current directory."""
+    if config.output_dir is not None:
+        folder = Path(config.output_dir)
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        if not created and any(folder.iterdir()):
+            raise RunError(f"output_dir: {folder} exists and is not empty; give a new or empty folder")
+        return folder, created
     parts = [Path(config.pyscript).stem]
     for module in config.modules_to_instr:
         parts += [module, versions.get(module, "unknown")]
     stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    base = Path(config.output_dir or os.getcwd()) / ("traincheck_run_" + "_".join(parts) + "_" + stamp)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    base = Path(os.getcwd()) / ("traincheck_run_" + "_".join(parts) + "_" + stamp)
     for n in range(1000):
         candidate = base if n == 0 else base.with_name(f"{base.name}_{n}")
         try:
             candidate.mkdir()
-            return candidate
+            return candidate, True
         except FileExistsError:
             continue
     raise RunError(f"cannot create a new run folder next to {base}")
+
+
+def _discard(run_dir: Path, created: bool) -> None:
+    """Undo a run folder after a set-up error: removed if this run made it, emptied if the user gave it empty."""
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _is_venv(path: Path) -> bool:
@@ -375,6 +396,16 @@ def _report_unserved(selection, config: Config, run_dir: Path) -> None:
         _say(f"warning: {count} invariants name APIs this run never logged{hint}: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
 
 
+def _plain_traces(run_dir: Path) -> dict:
+    """TrainCheck's engine reads plain `trace_*` files from the folder it is given (`traincheck-check -f RUN`)."""
+    try:
+        stats = export_beside(run_dir)
+    except (OSError, ExportError) as exc:
+        _say(f"warning: the plain traces for TrainCheck's engine could not be written ({exc}); 'tc-rewrite trace export' writes them")
+        return {"written": False, "error": str(exc)}
+    return {"written": True, "files": stats.files, "records": stats.records, "dropped_open_calls": stats.dropped_open_calls}
+
+
 def collect(config: Config, *, summary: bool = False) -> int:
     try:
         selection = _selection(config)
@@ -383,15 +414,18 @@ def collect(config: Config, *, summary: bool = False) -> int:
         return 2
     versions = {m: _distribution_version(m) for m in config.modules_to_instr}
     try:
-        run_dir = _run_folder(config, versions)
+        run_dir, created = _run_folder(config, versions)
+    except RunError as exc:
+        _say(f"error: {exc}")
+        return 2
     except OSError as exc:
-        _say(f"error: cannot create the run folder in {config.output_dir}: {exc.strerror}")
+        _say(f"error: output_dir: cannot create the run folder {config.output_dir or os.getcwd()}: {exc.strerror}")
         return 2
     try:
         _, files = instrument_files(config, run_dir)
         command = _command(config, run_dir)
     except (RewriteError, RunError, OSError, UnicodeDecodeError) as exc:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _discard(run_dir, created)
         _say(f"error: {exc}")
         return 2
     info = {
@@ -433,6 +467,8 @@ def collect(config: Config, *, summary: bool = False) -> int:
     incomplete = (run_dir / "traces" / "INCOMPLETE").exists()
     if incomplete:
         _say("warning: the trace is incomplete: a trace file could not be written (see the program's warning)")
+    if config.plain_traces:
+        info["plain_traces"] = _plain_traces(run_dir)
     info.update(
         status="finished",
         trace_complete=not incomplete,

@@ -6,6 +6,10 @@ that can change model state (an optimizer's methods, `backward`, `Module` method
 tracked tensor): the tensor's version counter, its grad's identity and version tell what changed, and only what
 changed is hashed and written. A check before such a call writes changes made by unlogged code (outside the call's
 window); the check after it writes the call's own changes inside its window, before its post record.
+
+What a model holds is read again when it changed: torch's global registration hooks say when a submodule, parameter
+or buffer is assigned to a module of a tracked model (`model.fc = nn.Linear(...)` after `model` was bound), and the
+next check walks the model again, records the new tensors and forgets the ones it no longer holds.
 """
 
 from __future__ import annotations
@@ -95,17 +99,32 @@ class Tracker:
         self.names_by_id: dict[int, tuple[str, str]] = {}  # id(tracked object) -> (name, type) for proxy_obj_names
         self.roots: dict[int, str] = {}  # id(tracked module) -> name
         self.by_ptr: dict[int, _Tensor] = {}
+        self.models: dict[str, weakref.ref] = {}  # tracked name -> the module whose tensors it names
+        self.module_ids: set[int] = set()  # ids of the tracked models' modules: a registration on one is a change
+        self.changed_structure = False  # set by the registration hooks; the next check walks the models again
+        self.emit = None
 
     def track(self, name: str, obj, emit) -> None:
         module = _unwrap(obj)
         if not hasattr(module, "named_parameters"):
             return
+        self.emit = emit
         self.roots[id(module)] = name
         self.roots[id(obj)] = name
         self.names_by_id[id(obj)] = self.names_by_id[id(module)] = (name, type(module).__qualname__)
-        fresh = []
+        try:
+            self.models[name] = weakref.ref(module)
+        except TypeError:  # not weakly referable: tracked as it is now
+            self.models.pop(name, None)
+        _watch_registrations(self)
+        self._walk(name, module, f"track({name})", emit)
+
+    def _walk(self, name: str, module, dump_loc: str, emit) -> None:
+        """Record the tensors `module` holds that are not tracked yet (under `name`), forget those it no longer holds."""
+        fresh, held = [], set()
         for path, t in [*module.named_parameters(), *module.named_buffers()]:
             var_name = f"{name}.{path}"
+            held.add(var_name)
             entry = self.tensors.get(var_name)
             if entry is None or entry.ref() is not t:
                 entry = _Tensor(var_name, t)
@@ -114,7 +133,25 @@ class Tracker:
                     self.by_ptr[entry.ptr] = entry
                 self.names_by_id[id(t)] = (var_name, entry.var_type)
                 fresh.append((entry, t))
-        self._write(fresh, "init", f"track({name})", emit)
+        prefix = name + "."
+        for var_name in [v for v in self.tensors if v.startswith(prefix) and v not in held]:
+            entry = self.tensors.pop(var_name)
+            if self.by_ptr.get(entry.ptr) is entry:
+                del self.by_ptr[entry.ptr]
+            t = entry.ref()
+            if t is not None and self.names_by_id.get(id(t), (None,))[0] == var_name:
+                del self.names_by_id[id(t)]
+        self.module_ids.update(id(m) for m in module.modules())
+        self._write(fresh, "init", dump_loc, emit)
+
+    def _rewalk(self) -> None:
+        """After a registration on a tracked model: what each model holds now."""
+        self.changed_structure = False
+        self.module_ids = set()
+        for name, ref in list(self.models.items()):
+            module = ref()
+            if module is not None:
+                self._walk(name, module, f"track({name}) after an assignment", self.emit)
 
     def _write(self, pairs: list, mode: str, dump_loc: str, emit) -> None:
         if not pairs:
@@ -138,6 +175,8 @@ class Tracker:
     def check(self, dump_loc: str, emit, hash_buffers: bool = False) -> None:
         """Write a record for every tracked tensor that changed since it was last written (buffers compared by
         content too when `hash_buffers`: around the tracked model's forward)."""
+        if self.changed_structure:
+            self._rewalk()
         changed = []
         for entry in self.tensors.values():
             t = entry.ref()
@@ -158,12 +197,19 @@ class Tracker:
 
     def snapshot(self, dump_loc: str, emit) -> None:
         """Sampler style: every tracked tensor, changed or not."""
+        if self.changed_structure:
+            self._rewalk()
         pairs = [(entry, t) for entry in self.tensors.values() if (t := entry.ref()) is not None]
         self._write(pairs, "sample", dump_loc, emit)
 
     def dirty_by_storage(self, t) -> bool:
         """An in-place call on a tensor sharing a tracked tensor's storage (`p.data.add_`, whose version counter is
-        not the parameter's): force a record of that tensor."""
+        not the parameter's): force a record of that tensor. A tensor assigned to a tracked model since the last check
+        is tracked from now on (an in-place call on it is then checked)."""
+        if self.changed_structure:
+            self._rewalk()
+            if id(t) in self.names_by_id:
+                return True
         entry = self.by_ptr.get(_storage(t)) if hasattr(t, "data_ptr") else None
         if entry is None:
             return False
@@ -171,12 +217,38 @@ class Tracker:
         return True
 
     def proxy_names(self, owner, args) -> list:
+        if self.changed_structure:
+            self._rewalk()
         names = self.names_by_id
         found = [list(names[id(owner)])] if owner is not None and id(owner) in names else []
         for a in args:
             if id(a) in names:
                 found.append(list(names[id(a)]))
         return found
+
+
+_watching: list = []  # the tracker the registration hooks report to (one per process)
+
+
+def _watch_registrations(tracker: Tracker) -> None:
+    """Install torch's global registration hooks once: they only mark the tracker when a tracked model changes."""
+    if _watching:
+        _watching[0] = tracker
+        return
+    _watching.append(tracker)
+    module = sys.modules["torch"].nn.modules.module
+    for register in ("register_module_module_registration_hook", "register_module_parameter_registration_hook",
+                     "register_module_buffer_registration_hook"):  # fmt: skip
+        install = getattr(module, register, None)
+        if install is not None:
+            install(_registered)
+
+
+def _registered(module, name, value) -> None:
+    """A submodule, parameter or buffer is being assigned to `module`; returns None, so the assignment is unchanged."""
+    tracker = _watching[0]
+    if id(module) in tracker.module_ids:
+        tracker.changed_structure = True
 
 
 def _storage(t) -> int | None:

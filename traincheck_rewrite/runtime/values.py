@@ -1,13 +1,18 @@
 """Argument and return-value envelopes: `{"<type name>": payload}`, cheap and never consuming anything.
 
-A tensor is summarised by a fixed set of attributes (no contents, no walk over `dir()`); other objects by at most 16
-public primitive attributes of their `__dict__`. torch is looked up lazily: the runtime must not import it before the
+A tensor is summarised by a fixed set of attributes (no contents, no walk over `dir()`) and a data id beside the type
+key: its storage's order of appearance in the process, the same for every tensor on that storage (`p`, `p.data`, a
+view) while it lives. Addresses would be reused and differ from run to run; this order is what a rerun gives again.
+It tells two calls on one tensor from calls on two tensors alike. Other objects are summarised by at most 16 public
+primitive attributes of their `__dict__`. torch is looked up lazily: the runtime must not import it before the
 program does (scripts set environment variables before `import torch`).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
+import weakref
 
 import orjson
 
@@ -21,6 +26,8 @@ _tensor_envelopes: dict = {}  # (dtype, layout, is_cpu, device index, shape, req
 _tensor_json: dict = {}  # (dtype, layout, device, shape, is_leaf if requires_grad) -> the envelope as JSON text
 MAX_SHARED_ENVELOPES = 4096
 _type_names: dict = {}
+_data_ids: dict = {}  # id(storage object) -> (weak reference to it, its data id)
+_next_data_id = itertools.count()
 
 
 def _float(v: float):
@@ -39,9 +46,16 @@ def type_name(t: type) -> str:
 
 
 def _tensor(v) -> dict:
-    """The envelope, shared by all tensors alike in everything it holds (records are encoded, never changed)."""
+    """The envelope: the payload is shared by all tensors alike in everything it holds (records are encoded, never
+    changed), the data id is this tensor's."""
+    data_id = _data_id(v)
+    shared = _shared_tensor_envelope(v)
+    return shared if data_id is None else {**shared, "data_id": data_id}
+
+
+def _shared_tensor_envelope(v) -> dict:
     shape = v.shape
-    key = (v.dtype, v.layout, v.is_cpu, v.get_device(), shape, v.requires_grad, v.is_leaf)
+    key = (v.dtype, v.layout, v.is_cpu, v.get_device(), type(v), shape, v.requires_grad, v.is_leaf)
     env = _tensor_envelopes.get(key)
     if env is None:
         if len(_tensor_envelopes) >= MAX_SHARED_ENVELOPES:
@@ -50,21 +64,41 @@ def _tensor(v) -> dict:
     return env
 
 
+def _data_id(v) -> int | None:
+    """The order of appearance of the tensor's storage; None for a tensor without one (sparse)."""
+    try:
+        storage = v.untyped_storage()  # one Python object per storage, as long as the storage lives
+    except (RuntimeError, NotImplementedError):
+        return None
+    key = id(storage)
+    known = _data_ids.get(key)
+    if known is None or known[0]() is not storage:
+        known = _data_ids[key] = (weakref.ref(storage, lambda ref, key=key: _forget(key, ref)), next(_next_data_id))
+    return known[1]
+
+
+def _forget(key: int, ref) -> None:
+    """A storage died: its entry goes (unless a new storage at the same address has already taken the key)."""
+    known = _data_ids.get(key)
+    if known is not None and known[0] is ref:
+        del _data_ids[key]
+
+
 def _new_tensor_envelope(v, key: tuple) -> dict:
-    static_key = key[:4]
+    static_key = key[:5]
     static = _tensor_statics.get(static_key)
     if static is None:
         static = _tensor_statics[static_key] = _tensor_static(v)
     tname, dtype, device, itemsize, is_cpu = static
-    shape = list(key[4])
+    shape = list(key[5])
     numel = v.numel()
     return {
         tname: {
             "dtype": dtype,
             "shape": shape,
             "device": device,
-            "requires_grad": key[5],
-            "is_leaf": key[6],
+            "requires_grad": key[6],
+            "is_leaf": key[7],
             "ndim": len(shape),
             "numel": numel,
             "itemsize": itemsize,
@@ -75,9 +109,13 @@ def _new_tensor_envelope(v, key: tuple) -> dict:
 
 
 def _tensor_static(v) -> tuple:
-    """What a (dtype, layout, device) fixes: type name, dtype and device strings, item size."""
-    strided = sys.modules["torch"].strided
-    tname = v.type() if v.layout is strided else f"torch.{v.layout}"
+    """What a (dtype, layout, device, class) fixes: type name, dtype and device strings, item size. A parameter is
+    named `torch.nn.Parameter`, as TrainCheck's collector names it."""
+    torch = sys.modules["torch"]
+    if isinstance(v, torch.nn.Parameter):
+        tname = "torch.nn.Parameter"
+    else:
+        tname = v.type() if v.layout is torch.strided else f"torch.{v.layout}"
     return (tname, str(v.dtype), str(v.device), v.element_size(), v.is_cpu)
 
 
@@ -161,14 +199,19 @@ def _json(v) -> str:
 
 
 def _tensor_encoded(v) -> str:
-    # what the envelope depends on; a tensor without grad is always a leaf (one attribute read less)
-    key = (v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)
+    # what the shared envelope depends on; a tensor without grad is always a leaf (one attribute read less)
+    key = (type(v), v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)
     data = _tensor_json.get(key)
     if data is None:
         if len(_tensor_json) >= MAX_SHARED_ENVELOPES:
             _tensor_json.clear()
-        data = _tensor_json[key] = _json(_tensor(v))
-    return data
+        data = _tensor_json[key] = _json(_shared_tensor_envelope(v))
+    return _with_data_id(data, v)
+
+
+def _with_data_id(shared: str, v) -> str:
+    data_id = _data_id(v)
+    return shared if data_id is None else f'{shared[:-1]},"data_id":{data_id}}}'
 
 
 _NONE_JSON, _TRUE_JSON, _FALSE_JSON = '{"NoneType":null}', '{"bool":true}', '{"bool":false}'
@@ -183,10 +226,11 @@ _tensor_types: set = set()  # torch.Tensor, nn.Parameter and the subclasses met
 def encoded(v) -> str:
     """`envelope(v)` as JSON text (what orjson makes of it). A tensor's is computed once per kind of tensor (six
     attribute reads and one look-up per call), and shared."""
-    if type(v) in _tensor_types:
-        key = (v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
+    t = type(v)
+    if t in _tensor_types:
+        key = (t, v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
         data = _tensor_json.get(key)
-        return data if data is not None else _tensor_encoded(v)
+        return _with_data_id(data, v) if data is not None else _tensor_encoded(v)
     encode = _TEXT_ENCODERS.get(type(v))
     if encode is not None:
         return encode(v)

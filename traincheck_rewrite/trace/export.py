@@ -7,12 +7,29 @@ in three ways that the export removes:
 - compressed, possibly torn files: decompressed through `read_records`, which keeps every complete line;
 - a call left open by a killed process (a pre record with no post) would make the engine silently drop the rest of
   that thread's trace: such calls are dropped and counted (the complete calls inside them are kept);
+- a call of a function made directly inside a call of the same function on the same object (a decorator's wrapper
+  calling what it wraps, seen with library depth: `SGD.step` three times per step) is merged into the outer call,
+  as TrainCheck's collector, wrapping the outermost only, records one;
 - a post record carries the stage at return time (a call that switches stage, like `model.eval()`), the engine
   needs the stage of its pre record: the post record gets the pre record's stage;
 - a state record repeats a tensor's unchanged `data` hash when only its grad changed (after `backward`). The engine
   dates a value by its first record when it infers and by its last when it checks, so a repeat at a later step makes
   a cross-rank consistency check compare one rank's old weights with another's new ones at "the same step" (a false
   alarm that depends on rank timing): `data` is written only in the records where it changed.
+
+It also writes what TrainCheck's collector writes, in values that do not change from one run of a program to the
+next (the engine builds preconditions from record fields, so an OS id or an address in one would make an invariant
+that no other run can satisfy):
+- `process_id` is the rank (`meta_vars.rank`) or, without one, the process's order of appearance; `thread_id` the
+  thread's order of appearance in its process (0: the first thread that wrote); file names, `func_call_id` and
+  `parent_id` follow (`obj_id` stays `id(self)`: the engine groups calls by it, never compares it across runs);
+- tensor methods are named as TrainCheck's collector names them, `torch._C.TensorBase.<name>` (the runtime says
+  `torch.Tensor.<name>`, the name users know);
+- a tensor's envelope gets `_TRAINCHECK_data_ID`, the data id the runtime writes beside it (its storage's order of
+  appearance in its process): the same tensor twice has one id, two tensors alike have two;
+- lists, tuples and dicts are written as TrainCheck's collector writes them (plain JSON when they hold only
+  primitives; else a dict keeps its primitive values, a list nothing), so that an argument an invariant names matches;
+- state records get `itemsize` and `nbytes`, as in argument envelopes.
 
 Records are streamed: a thread's API records are held only while one of its calls is open, so memory stays bounded
 by the largest top-level call, not by the trace.
@@ -27,10 +44,153 @@ from pathlib import Path
 
 import orjson
 
-from .reader import ReadStats, read_records, source_key, trace_sources
+from .reader import CHUNK, ReadStats, _is_zst, _lines_of_plain, _lines_of_zst, _load, read_records, source_key, trace_files, trace_sources
 
 PRE = "function_call (pre)"
 STATE = "state_change"
+RUNTIME_TENSOR_METHOD = "torch.Tensor."  # what the runtime calls methods of torch's C tensor class
+TRAINCHECK_TENSOR_METHOD = "torch._C.TensorBase."  # what TrainCheck's collector calls them
+DATA_ID = "_TRAINCHECK_data_ID"
+CALL_ID_BASE = 10**9  # func_call_id = process_id * CALL_ID_BASE + n
+_ITEMSIZE = {
+    "torch.float64": 8, "torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.complex128": 16,
+    "torch.complex64": 8, "torch.complex32": 4, "torch.int64": 8, "torch.int32": 4, "torch.int16": 2, "torch.int8": 1,
+    "torch.uint8": 1, "torch.uint16": 2, "torch.uint32": 4, "torch.uint64": 8, "torch.bool": 1,
+    "torch.float8_e4m3fn": 1, "torch.float8_e5m2": 1, "torch.float8_e4m3fnuz": 1, "torch.float8_e5m2fnuz": 1,
+    "torch.qint8": 1, "torch.quint8": 1, "torch.qint32": 4,
+}  # fmt: skip
+
+
+class _Identities:
+    """Process, thread, object and tensor identities that a rerun of the program gives again."""
+
+    def __init__(self, first_records: list[dict]) -> None:
+        starts: dict = {}  # pid -> time of its first record
+        ranked: dict = {}  # pid -> rank
+        thread_starts: dict = {}  # (pid, tid) -> time of its first record
+        for r in first_records:
+            pid, tid, time = r.get("process_id"), r.get("thread_id"), r.get("time", 0)
+            starts[pid] = min(time, starts.get(pid, time))
+            thread_starts[(pid, tid)] = min(time, thread_starts.get((pid, tid), time))
+            rank = (r.get("meta_vars") or {}).get("rank")
+            if isinstance(rank, int) and not isinstance(rank, bool):
+                ranked[pid] = rank
+        unranked = sorted((t, pid) for pid, t in starts.items() if pid not in ranked)
+        next_id = max(ranked.values(), default=-1) + 1
+        self.processes = dict(ranked)
+        for i, (_, pid) in enumerate(unranked):
+            self.processes[pid] = next_id + i
+        self.threads: dict = {}
+        for (pid, tid), _ in sorted(thread_starts.items(), key=lambda item: (self.processes[item[0][0]], item[1])):
+            self.threads[(pid, tid)] = sum(1 for key in self.threads if key[0] == pid)
+
+    def process(self, pid):
+        if pid not in self.processes:  # a process whose files could not be read ahead
+            self.processes[pid] = max(self.processes.values(), default=-1) + 1
+        return self.processes[pid]
+
+    def thread(self, pid, tid):
+        if (pid, tid) not in self.threads:
+            self.threads[(pid, tid)] = sum(1 for key in self.threads if key[0] == pid)
+        return self.threads[(pid, tid)]
+
+    def api(self, record: dict) -> dict:
+        pid = record.get("process_id")
+        out = dict(record)
+        out["process_id"] = stable = self.process(pid)
+        out["thread_id"] = self.thread(pid, record.get("thread_id"))
+        for key in ("func_call_id", "parent_id"):
+            value = record.get(key)
+            if isinstance(value, int) and isinstance(pid, int) and 0 <= value - pid * CALL_ID_BASE < CALL_ID_BASE:
+                out[key] = value - pid * CALL_ID_BASE + stable * CALL_ID_BASE
+        name = record.get("function")
+        if isinstance(name, str) and name.startswith(RUNTIME_TENSOR_METHOD):
+            out["function"] = TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
+        for key in ("args", "kwargs"):
+            if isinstance(record.get(key), dict):
+                out[key] = {k: _traincheck_value(v) for k, v in record[key].items()}
+        if "return_values" in record:
+            out["return_values"] = _traincheck_value(record["return_values"])
+        return out
+
+    def state(self, record: dict) -> dict:
+        pid = record.get("process_id")
+        out = dict(record)
+        out["process_id"] = self.process(pid)
+        out["thread_id"] = self.thread(pid, record.get("thread_id"))
+        attributes = record.get("attributes")
+        if isinstance(attributes, dict) and "nbytes" not in attributes and isinstance(attributes.get("numel"), int):
+            itemsize = _ITEMSIZE.get(attributes.get("dtype"))
+            if itemsize is not None:
+                out["attributes"] = {**attributes, "itemsize": itemsize, "nbytes": itemsize * attributes["numel"]}
+        return out
+
+
+_PRIMITIVE_TYPES = ("int", "float", "str", "bool", "NoneType")
+_NOT_RAW = object()
+
+
+def _raw(value):
+    """The plain JSON value an envelope of primitives stands for (TrainCheck's collector writes a JSON-serialisable
+    argument as it is, `{"list": [1, 2]}`), or _NOT_RAW."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return _NOT_RAW
+    ((tname, payload),) = value.items()
+    if tname in _PRIMITIVE_TYPES:
+        return payload
+    if tname in ("list", "tuple") and isinstance(payload, list):
+        items = [_raw(v) for v in payload]
+        return _NOT_RAW if any(v is _NOT_RAW for v in items) else items
+    if tname == "dict" and isinstance(payload, dict) and "..." not in payload:
+        items = {k: _raw(v) for k, v in payload.items()}
+        return _NOT_RAW if any(v is _NOT_RAW for v in items.values()) else items
+    return _NOT_RAW
+
+
+def _traincheck_value(value):
+    """An envelope as TrainCheck's collector writes it: a tensor's data id in its payload as `_TRAINCHECK_data_ID`;
+    a list, tuple or dict of primitives as plain JSON; otherwise a dict keeps its primitive values (and a tensor
+    value's data id as `_TRAINCHECK_<key>_ID`) and a list or tuple keeps nothing, as its attribute dump would."""
+    if isinstance(value, list):  # several return values
+        return [_traincheck_value(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 2 and "data_id" in value:
+        (tname,) = (k for k in value if k != "data_id")
+        payload = value[tname]
+        return {tname: {**payload, DATA_ID: value["data_id"]}} if isinstance(payload, dict) else {tname: payload}
+    if len(value) != 1:
+        return value
+    ((tname, payload),) = value.items()
+    if tname not in ("list", "tuple", "dict"):
+        return value
+    raw = _raw(value)
+    if raw is not _NOT_RAW:
+        return {tname: raw}
+    if tname != "dict" or not isinstance(payload, dict):
+        return {tname: {}}
+    kept = {}
+    for key, item in payload.items():
+        plain = _raw(item) if isinstance(item, dict) and next(iter(item), None) in _PRIMITIVE_TYPES else _NOT_RAW
+        if plain is not _NOT_RAW:
+            kept[key] = plain
+        elif isinstance(item, dict) and "data_id" in item:
+            kept[f"_TRAINCHECK_{key}_ID"] = item["data_id"]
+    return {tname: kept}
+
+
+def _first_records(run_dir: Path) -> list[dict]:
+    """The first record of each trace file: who wrote it, when it began, with which rank."""
+    out = []
+    for path in trace_files(run_dir):
+        stats = ReadStats()
+        lines = _lines_of_zst(path, stats, CHUNK) if _is_zst(path) else _lines_of_plain(path, stats, CHUNK)
+        for line in lines:
+            record = _load(line)
+            if record is not None:
+                out.append(record)
+                break
+    return out
 
 
 class ExportError(Exception):
@@ -44,6 +204,7 @@ class ExportStats:
     dropped_open_calls: int = 0  # calls with a pre record and no post (process killed mid-call)
     unchanged_data_dropped: int = 0  # state records whose repeated `data` was left out
     stage_aligned_posts: int = 0  # post records whose stage was set to their pre record's
+    repeated_calls_merged: int = 0  # calls of a function made directly inside a call of it on the same object
     truncated_files: list[str] = field(default_factory=list)  # source files that ended torn (read up to the tear)
     bad_lines: int = 0  # source lines that were not records
 
@@ -53,14 +214,27 @@ class _Thread:
 
     def __init__(self, out):
         self.out = out
-        self.open: dict = {}  # func_call_id -> [index of its pre record in held, its stage]
+        self.open: dict = {}  # func_call_id -> [index of its pre record in held, its stage, function, obj_id]
         self.held: list = []  # records (dicts, or None for a dropped pre) waiting for the outermost call to close
+        self.merged: dict = {}  # func_call_id of a merged inner call -> the call it was merged into
 
     def add(self, record: dict, stats: ExportStats) -> None:
         call = record.get("func_call_id")
         if record.get("type") == PRE:
-            self.open[call] = [len(self.held), _stage(record)]
+            parent = self.merged.get(record.get("parent_id"), record.get("parent_id"))
+            outer = self.open.get(parent)
+            if outer is not None and outer[2:] == [record.get("function"), record.get("obj_id")]:
+                # a decorator's wrapper calling the function it wraps (torch.optim's step is wrapped twice): one call
+                # to TrainCheck's collector, which wraps the outermost only
+                self.merged[call] = parent
+                stats.repeated_calls_merged += 1
+                return
+            if parent != record.get("parent_id"):
+                record = {**record, "parent_id": parent}
+            self.open[call] = [len(self.held), _stage(record), record.get("function"), record.get("obj_id")]
             self.held.append(record)
+            return
+        if self.merged.pop(call, None) is not None:
             return
         opened = self.open.pop(call, None)
         if opened is None:  # a post with no pre (cannot happen in our traces): the engine would reject it
@@ -77,7 +251,7 @@ class _Thread:
             self.flush(stats)
 
     def flush(self, stats: ExportStats) -> None:
-        for index, _ in self.open.values():  # still open at the end of the trace
+        for index, *_ in self.open.values():  # still open at the end of the trace
             self.held[index] = None
             stats.dropped_open_calls += 1
         self.open.clear()
@@ -125,6 +299,22 @@ def export_traincheck(run_dir: str | Path | list, to: str | Path) -> ExportStats
     return stats
 
 
+def export_beside(run_dir: str | Path) -> ExportStats:
+    """Write the plain traces into the run folder itself, next to `traces/`, where TrainCheck's collector leaves
+    them (`traincheck-infer -f RUN`). Written aside and moved in, so a trace file in the folder is always whole."""
+    folder = Path(run_dir)
+    staging = folder / f".plain_traces.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        stats = _export_into(folder, staging)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
 def _without_repeated_data(record: dict, last_data: dict, stats: ExportStats) -> dict:
     attributes = record.get("attributes")
     if not isinstance(attributes, dict) or "data" not in attributes:
@@ -154,11 +344,13 @@ def _export_into(folders: list[Path], folder: Path) -> ExportStats:
     files: dict = {}  # (kind, pid, tid) -> open file
     threads: dict = {}  # (pid, tid) -> _Thread
     last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
+    identities = _Identities(_first_records(run_dir))
     try:
         _pids_apart(folders)
         records = (r for run_dir in folders for r in read_records(run_dir, stats=read))
         for record in records:
             is_state = record.get("type") == STATE
+            record = identities.state(record) if is_state else identities.api(record)
             key = ("VAR" if is_state else "API", record.get("process_id"), record.get("thread_id"))
             out = files.get(key)
             if out is None:
