@@ -68,14 +68,27 @@ class Outcome:
     error: str | None = None
 
     def detections(self, bug_step: int) -> list[dict]:
-        return [v for v in self.bug_violations if _step(v) >= bug_step]
+        """Violations of the buggy run from the bug's first step on, of invariants the healthy rerun keeps."""
+        return [v for v in self.bug_violations if _step(v) >= bug_step and _key(v) not in self._healthy_keys()]
 
     def early(self, bug_step: int) -> list[dict]:
-        return [v for v in self.bug_violations if _step(v) < bug_step]
+        """Violations of the buggy run that are no detection: before the bug, or also on the healthy rerun."""
+        return [v for v in self.bug_violations if _step(v) < bug_step or _key(v) in self._healthy_keys()]
+
+    def _healthy_keys(self) -> set[tuple[str, str]]:
+        return {_key(v) for v in self.healthy_violations}
 
     def first_step(self, bug_step: int, violations: list[dict] | None = None) -> int | None:
-        found = [v for v in (self.bug_violations if violations is None else violations) if _step(v) >= bug_step]
+        found = [
+            v
+            for v in (self.bug_violations if violations is None else violations)
+            if _step(v) >= bug_step and _key(v) not in self._healthy_keys()
+        ]
         return min((_step(v) for v in found), default=None)
+
+
+def _key(violation: dict) -> tuple[str, str]:
+    return violation.get("relation_type", ""), violation.get("display_name", "")
 
 
 def _step(violation: dict) -> int:
@@ -233,10 +246,10 @@ def row(entry: Entry, outcome: Outcome, plain: dict[str, float]) -> str:
     healthy = outcome.healthy_violations
     alarms = f"{len(healthy)} (from step {min(_step(v) for v in healthy)})" if healthy else "0"
     if early:
-        alarms += f"; buggy run: {len(early)} before the bug (from step {min(_step(v) for v in early)})"
+        alarms += f"; buggy run: {len(early)} before the bug or also on the healthy run (from step {min(_step(v) for v in early)})"
     fired = _fired(found) or "-"
     if early:
-        fired += f"<br>before the bug: {_fired(early)}"
+        fired += f"<br>not counted: {_fired(early)}"
     if outcome.full_violations is None:
         full = "n/a"
     else:
@@ -258,6 +271,16 @@ HEADER = (
 )
 
 
+def render(details: list[dict]) -> str:
+    """The table of an earlier run, from its JSON details."""
+    lines = [HEADER]
+    for item in details:
+        entry = Entry(item["entry"], ZOO / item["entry"], item["bug_step"], None, [])
+        fields = {k: item[k] for k in Outcome.__dataclass_fields__ if k in item}
+        lines.append(row(entry, Outcome(**fields), item["plain_seconds"]))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("entries", nargs="*", help="zoo entries (folder names under fixtures/bugs) [all]")
@@ -265,7 +288,11 @@ def main() -> None:
     parser.add_argument("--no-ours", action="store_true", help="with --traincheck: TrainCheck's collector alone")
     parser.add_argument("--out", type=Path, help="also write the table (and the details as JSON beside it)")
     parser.add_argument("--keep", type=Path, help="keep every run, trace and report under this folder")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier --out run again")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
     names = args.entries or sorted(p.name for p in ZOO.iterdir() if (p / "config.yaml").exists())
     entries = [Entry.load(ZOO / name) for name in names]
     engine = engine_bin()
