@@ -19,7 +19,13 @@ ENTRIES = sorted(p.name for p in bugbench.ZOO.iterdir() if (p / "config.yaml").e
 
 # Entries whose bug our traces do not let the engine catch today, and why (docs/bug-detection.md has the evidence).
 # strict: the test fails once the entry is caught, so the mark goes when the cause is fixed.
-KNOWN_MISSES: dict[str, str] = {}
+KNOWN_MISSES: dict[str, str] = {
+    "autocast_dtype": "traincheck 0.2.0 infers nothing about torch.nn.functional calls: relu's output dtype goes unused",
+    "clip_before_unscale": "scaler.step(optimizer) is not a step boundary: every record has step 0 and stage init",
+    "eval_mode_left": "engine skips Module.* calls; the steps trained in eval mode are labelled stage evaluation",
+    "reinit_weights": "argument envelopes carry no tensor identity: 'normal_ gets distinct arguments' is never inferred",
+    "zero_grad_missing": "selective trace: Adam.step alone between zero_grads, engine drops it (>4 consecutive records)",
+}
 
 
 @pytest.fixture(scope="module")
