@@ -311,12 +311,12 @@ def main() -> None:
                 lines.append(row(entry, outcome, plain))
                 print(lines[-1], flush=True)
                 details.append({"entry": entry.name, "bug_step": entry.bug_step, "plain_seconds": plain, **outcome.__dict__})
+                if args.out:  # after every entry, so that an interrupted run keeps what it measured
+                    args.out.write_text("\n".join(lines) + "\n")
+                    args.out.with_suffix(".json").write_text(json.dumps(details, indent=1, default=str) + "\n")
     finally:
         if args.keep is None:
             shutil.rmtree(work_root, ignore_errors=True)
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(details, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":
