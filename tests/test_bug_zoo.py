@@ -22,6 +22,7 @@ ENTRIES = sorted(p.name for p in bugbench.ZOO.iterdir() if (p / "config.yaml").e
 KNOWN_MISSES: dict[str, str] = {
     "autocast_dtype": "traincheck 0.2.0 infers nothing about torch.nn.functional calls: relu's output dtype goes unused",
     "clip_before_unscale": "scaler.step(optimizer) is not a step boundary: every record has step 0 and stage init",
+    "ddp_desync": "false alarm on the healthy rerun: an invariant exempts the reference run's process_id and thread_id",
     "eval_mode_left": "engine skips Module.* calls; the steps trained in eval mode are labelled stage evaluation",
     "reinit_weights": "argument envelopes carry no tensor identity: 'normal_ gets distinct arguments' is never inferred",
     "zero_grad_missing": "selective trace: Adam.step alone between zero_grads, engine drops it (>4 consecutive records)",
