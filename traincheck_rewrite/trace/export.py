@@ -307,7 +307,7 @@ def export_beside(run_dir: str | Path) -> ExportStats:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        stats = _export_into(folder, staging)
+        stats = _export_into([folder], staging)
         for path in sorted(staging.iterdir()):
             os.replace(path, folder / path.name)
     finally:
@@ -344,7 +344,7 @@ def _export_into(folders: list[Path], folder: Path) -> ExportStats:
     files: dict = {}  # (kind, pid, tid) -> open file
     threads: dict = {}  # (pid, tid) -> _Thread
     last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
-    identities = _Identities(_first_records(run_dir))
+    identities = _Identities([r for f in folders for r in _first_records(f)])
     try:
         _pids_apart(folders)
         records = (r for run_dir in folders for r in read_records(run_dir, stats=read))
