@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 
-from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, collect_names
+from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names
 from .results import RewriteError
 
 
@@ -61,7 +61,7 @@ class _Insertions(ast.NodeVisitor):
     def _torchscript(self, node) -> bool:
         for dec in node.decorator_list:
             target = dec.func if isinstance(dec, ast.Call) else dec
-            name = _dotted(target) or ""
+            name = ast_dotted_name(target) or ""
             if name.endswith(TORCHSCRIPT_DECORATORS) or name in ("script", "script_method"):
                 return True
         return False
@@ -101,17 +101,6 @@ class _Insertions(ast.NodeVisitor):
 
     def visit_While(self, node: ast.While) -> None:
         self._loop(node, "cond", node.test)
-
-
-def _dotted(node: ast.expr) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    parts.append(node.id)
-    return ".".join(reversed(parts))
 
 
 def _apply(lines: list[bytes], insertions: list[tuple[int, int, tuple, bytes]]) -> bytes:

@@ -37,6 +37,18 @@ def dotted_name(node) -> str | None:
     return ".".join(reversed(parts))
 
 
+def ast_dotted_name(node: ast.AST) -> str | None:
+    """`a.b.c` for an `ast` Name/Attribute chain, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
 def module_matches(module: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 

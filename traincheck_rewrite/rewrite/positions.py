@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from .names import dotted_name
+from .names import ast_dotted_name, dotted_name
 
 MAX_TEXT = 200
 
@@ -26,17 +26,6 @@ class Span:
     end_col: int
     text: str
     callee: str | None  # dotted name of the callee when it is a Name/Attribute chain
-
-
-def _ast_dotted(node: ast.AST) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    parts.append(node.id)
-    return ".".join(reversed(parts))
 
 
 def call_spans(tree: ast.Module, text: str) -> list[Span]:
@@ -56,7 +45,7 @@ def call_spans(tree: ast.Module, text: str) -> list[Span]:
             snippet = snippet[: MAX_TEXT - 3] + "..."
         col = len(first[: n.col_offset].decode("utf-8", "replace"))
         end_col = len(lines[n.end_lineno - 1][: n.end_col_offset].decode("utf-8", "replace"))
-        spans.append(Span(n.lineno, col, n.end_lineno, end_col, snippet, _ast_dotted(n.func)))
+        spans.append(Span(n.lineno, col, n.end_lineno, end_col, snippet, ast_dotted_name(n.func)))
     return spans
 
 

@@ -84,13 +84,7 @@ class Steps:
             stack.append(_Iteration(loop, now, now))
         if loop == self.training_loop:
             if self.stepped and not self.user_step:
-                if self.before_next_step is not None:
-                    self.before_next_step(self.step + 1)
-                self.step += 1
-                self.stepped = False
-                meta.update(step=self.step)
-                if self.on_step is not None:
-                    self.on_step()
+                self._next_step()
         elif self.training_loop is not None and loop not in self.outer_loops and self.stage() == "evaluation":
             self.eval_step += 1
             meta.update(eval_step=self.eval_step)
@@ -128,13 +122,16 @@ class Steps:
     def optimizer_step_done(self) -> None:
         """With no marked training loop, the records after an optimizer step belong to the next step."""
         if self.training_loop == UNMARKED and not self.user_step:
-            if self.before_next_step is not None:
-                self.before_next_step(self.step + 1)
-            self.step += 1
-            self.stepped = False
-            meta.update(step=self.step)
-            if self.on_step is not None:
-                self.on_step()
+            self._next_step()
+
+    def _next_step(self) -> None:
+        if self.before_next_step is not None:
+            self.before_next_step(self.step + 1)
+        self.step += 1
+        self.stepped = False
+        meta.update(step=self.step)
+        if self.on_step is not None:
+            self.on_step()
 
     def _found_unmarked(self) -> None:
         self.training_loop = UNMARKED
