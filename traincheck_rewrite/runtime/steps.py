@@ -185,14 +185,19 @@ class Steps:
             if torch is None:
                 return "init"
             grad_enabled = self._grad_enabled = torch.is_grad_enabled
-        training = grad_enabled()
+        grad = training = grad_enabled()
         if training:
             for m in self.roots.values():
                 if not m.training:
                     training = False
                     break
         if self.training_loop is not None:
-            return "training" if training else "evaluation"
+            if training:
+                return "training"
+            # A model left in eval mode in the training loop's own iteration, grad on, is still being trained (the
+            # stage follows the loop, as TrainCheck's does); an eval loop or grad off is evaluation.
+            stack = self._stack()
+            return "training" if grad and stack and stack[-1].loop == self.training_loop else "evaluation"
         if not training and self._stack():
             return "evaluation"
         return "init"
