@@ -24,6 +24,7 @@ KNOWN_MISSES: dict[str, str] = {
     "clip_before_unscale": "scaler.step(optimizer) is not a step boundary: every record has step 0 and stage init",
     "ddp_desync": "false alarm on the healthy rerun: an invariant exempts the reference run's process_id and thread_id",
     "eval_mode_left": "engine skips Module.* calls; the steps trained in eval mode are labelled stage evaluation",
+    "freeze_undone": "sampled runs keep evaluation calls of skipped steps but drop their training calls: false alarms",
     "reinit_weights": "argument envelopes carry no tensor identity: 'normal_ gets distinct arguments' is never inferred",
     "zero_grad_missing": "selective trace: Adam.step alone between zero_grads, engine drops it (>4 consecutive records)",
 }
