@@ -28,5 +28,7 @@ def test_quick_benchmark_runs_and_reports_every_measure():
     assert rows["selective"]["records"] < rows["default"]["records"]  # fewer APIs, sampled steps
     what = [m["what"] for m in report["micro"]]
     assert any("not logged" in w for w in what) and sum("tracking" in w for w in what) == 3
+    assert any("in a training loop" in w for w in what) and any("before the loop is known" in w for w in what)
+    assert sum("what it adds" in w for w in what) == 2
     assert any("rewrite speed" in w for w in what) and any("only-instr" in w for w in what)
     assert all(m["value"] > 0 for m in report["micro"])

@@ -26,7 +26,7 @@ from .writer import BATCH
 
 state = None  # the recorder's process state (recorder.py sets it; None: not recording)
 _now = time.monotonic_ns
-_NO_PROXIES: list = []
+_NO_PROXIES = ()  # a tuple, not a list: records holding only atoms are untracked by the garbage collector
 
 
 def _compiling_before_torch() -> bool:
@@ -80,7 +80,7 @@ def logged(ctx, *args, **kwargs):
             PRE, n, _now(), meta.current, info, site,
             id(owner) if owner is not None else id(args[0]) if info[1] and args else None, parent, envs,
             {k: encoded(v) for k, v in kwargs.items()} if kwargs else None,
-            tracker.proxy_names(owner, args) if tracker is not None and tracker.names_by_id else _NO_PROXIES,
+            (tracker.proxy_names(owner, args) or _NO_PROXIES) if tracker is not None and tracker.names_by_id else _NO_PROXIES,
         ))  # fmt: skip
     except Exception as exc:
         recorder_error(exc)
@@ -142,7 +142,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
     try:
         proxies = _NO_PROXIES
         if tracker is not None:
-            proxies = tracker.proxy_names(owner, args)
+            proxies = tracker.proxy_names(owner, args) or _NO_PROXIES
             check = checks_state(tracker, info, owner)
             if check:  # changes made since the last record by code that is not logged: before this call's window
                 tracker.check(f"before {name}", s.emit_state, name == MODULE_CALL)

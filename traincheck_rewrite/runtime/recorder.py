@@ -219,8 +219,7 @@ def flush_all(close: bool = False) -> None:
         state.steps.release(None)
     if close:
         state.closing = True
-    with state.lock:
-        writers = list(state.writers)
+    writers = list(state.writers)  # no lock: a signal handler may run this while its thread holds state.lock
     for w in writers:
         if close:
             w.close()

@@ -47,7 +47,7 @@ class TraceWriter:
         self.path = os.path.join(trace_dir, trace_name(kind, pid, tid))
         self.pid, self.tid = pid, tid
         self.records: list = []  # tuples waiting to be written (encode.py)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: a SIGTERM handler may close the writer its own thread holds
         self.flushing = 0  # ident of the thread inside flush (a signal handler on that thread must not wait for it)
         self.fd = -1
         # One compressor per writer: a ZstdCompressor runs one compression at a time, and frames stay open across
