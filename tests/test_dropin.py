@@ -153,7 +153,9 @@ def test_the_collector_documentation_commands_run_unchanged_and_the_engine_reads
         assert any(re.fullmatch(r"trace_API_\d+_\d+\.log", n) for n in names), (folder, names)
         assert "optimizer_steps 20" in (ref / folder / "program_output.txt").read_text()
     invariants = (ref / "invariants.json").read_text().splitlines()
-    assert len(invariants) > 20
+    # what the engine learnt from our folder includes the optimizer step (tensor methods, named
+    # torch._C.TensorBase.* as TrainCheck names them, are left out of most relations by traincheck 0.2.0 itself)
+    assert any("SGD.step()" in json.loads(line)["text_description"] for line in invariants), invariants
     healthy = _violations(ref)
     assert healthy["violations"] == [] and healthy["first_violation_step"] is None, healthy
     target = json.loads((ref / "target_trace" / "run.json").read_text())["runtime"]

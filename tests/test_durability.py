@@ -65,8 +65,8 @@ def _kill_when_ready(script: Path, out: Path, wait_s: float) -> Path:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGKILL, proc.stderr.read()
-    (run_dir,) = out.iterdir()
-    return run_dir
+    assert (out / "run.json").is_file()  # --output-dir is the run folder
+    return out
 
 
 def test_sigkill_outside_training_loses_at_most_the_last_half_second(tmp_path: Path):

@@ -69,8 +69,8 @@ def logged(ctx, *args, **kwargs):
     try:
         thread = s.local.thread or s.new_thread()
         stack = thread.stack
-        if type(site) is int or not stack:  # the program's call, or a framework's outermost one: a call inside a
-            s.steps.refresh()  # library (a string site) has the stage of the logged call it runs in
+        if type(site) is int or not (stack or thread.unrecorded):  # the program's call, or a framework's outermost
+            s.steps.refresh()  # one: a call inside a library (a string site) has the stage of the logged call it runs in
         envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
         parent = stack[-1] if stack else None
         tracker = s.tracker
@@ -118,7 +118,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
             role_before(s, role)
         if s.worker_check:
             worker_meta(s)
-        if type(site) is int or not thread.stack:  # the program's call, or a framework's outermost one
+        if type(site) is int or not (thread.stack or thread.unrecorded):  # the program's call, or a framework's outermost one
             s.steps.refresh()
         else:  # a call inside a library (a string site) has the stage of the logged call it runs in
             restage = False
@@ -134,9 +134,11 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
         return fn(*args, **kwargs)
     local.quiet = outer_quiet
     if skip:
+        thread.unrecorded += 1
         try:
             return fn(*args, **kwargs)
         finally:
+            thread.unrecorded -= 1
             unrecorded_after(s, role, check and name)
     local.quiet = True
     try:

@@ -34,10 +34,11 @@ class _Thread:
     """One thread's writers, open calls and records waiting to be written (plain attributes: cheaper than
     thread-local ones)."""
 
-    __slots__ = ("writer", "var_writer", "stack", "tid", "records")
+    __slots__ = ("writer", "var_writer", "stack", "tid", "records", "unrecorded")
 
     def __init__(self, writer: TraceWriter, tid: int) -> None:
         self.writer, self.var_writer, self.stack, self.tid, self.records = writer, None, [], tid, writer.records
+        self.unrecorded = 0  # logged calls open without records (skipped by sampling or not selected)
 
 
 class _State:
