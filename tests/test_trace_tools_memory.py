@@ -95,17 +95,27 @@ def generate(run: Path) -> int:
     return records
 
 
+# Started from a small launcher: Linux carries a forked child's resident set from before its exec into its peak
+# (ru_maxrss), so a tool forked straight from a test worker that has imported torch would show the worker's size.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def peak_rss_mb(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run `tc-rewrite trace ARGS`; its exit code, output and own peak RSS (wait4's rusage of that child alone)."""
+    peak = tmp / "peak_kib"
     with open(tmp / "out", "w+b") as out, open(tmp / "err", "w+b") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "traincheck_rewrite", "trace", *args], cwd=ROOT, stdout=out,
-                                stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(peak), sys.executable, "-m", "traincheck_rewrite",
+                               "trace", *args], cwd=ROOT, stdout=out, stderr=err)  # fmt: skip
         out.seek(0)
         err.seek(0)
         result = subprocess.CompletedProcess(args, proc.returncode, out.read().decode(), err.read().decode())
-    return result, usage.ru_maxrss / 1024
+    return result, int(peak.read_text()) / 1024
 
 
 @pytest.mark.slow
