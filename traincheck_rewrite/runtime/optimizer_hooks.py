@@ -63,4 +63,11 @@ def _before_step(optimizer, args, kwargs) -> None:
 
 
 def _after_step(optimizer, args, kwargs) -> None:
-    recorder.after_optimizer_step(step_name(optimizer), optimizer)
+    if recorder._state is None:
+        return
+    try:  # a hook's exception would end the program's optimizer.step()
+        name = step_name(optimizer)
+    except Exception as exc:
+        calls.recorder_error(exc)
+        return
+    recorder.after_optimizer_step(name, optimizer)
