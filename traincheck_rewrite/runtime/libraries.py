@@ -90,18 +90,20 @@ class _Progress:
 
     def rewriting(self, fullname: str) -> None:
         if self.count == 0 and (os.environ.get("TC_REWRITE_PROGRESS") == "1" or _isatty(sys.stderr)):
-            sys.stderr.write(
-                f"traincheck_rewrite: rewriting library modules for tracing ({fullname}, ...); "
-                "cached for next runs\n"
-            )
+            _say(f"rewriting library modules for tracing ({fullname}, ...); cached for next runs")
             atexit.register(self.done)
         self.count += 1
 
     def done(self) -> None:
-        sys.stderr.write(
-            f"traincheck_rewrite: rewrote {self.count} library modules in {self.seconds:.1f} s "
-            f"(cached in {codecache.cache_dir()})\n"
-        )
+        _say(f"rewrote {self.count} library modules in {self.seconds:.1f} s (cached in {codecache.cache_dir()})")
+
+
+def _say(line: str) -> None:
+    try:  # the program may have closed or replaced stderr
+        sys.stderr.write(f"traincheck_rewrite: {line}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
 
 
 def _isatty(stream) -> bool:
