@@ -5,17 +5,20 @@ under TrainCheck's collector, alternating, medians; then micro-benchmarks of the
     .venv/bin/python scripts/bench.py                   # the full run docs/benchmarks.md shows (about 20 minutes)
     .venv/bin/python scripts/bench.py --quick           # one short workload, few settings (a smoke test)
     .venv/bin/python scripts/bench.py --traincheck .venv-traincheck   # also traincheck-collect, side by side
+    .venv/bin/python scripts/bench.py --traincheck .venv-traincheck --invariants   # only the invariant table
 
 Workloads are fixtures/bench/*.py (synthetic data, CPU, long enough that training outweighs start-up). A traced
 time is that of the whole command a user waits for (`tc-rewrite`: rewrite, launch, run, seal, count). Peak memory
 is the largest resident set of the command and its children (wait4). Library depth: one run starts with an empty
 rewrite cache (cold), the others find it full (warm). The HF Trainer fixture (frameworks rewritten by default):
-its first run with an empty cache and its warm runs against the plain run.
+its first run with an empty cache and its warm runs against the plain run. With `--traincheck`, also what
+TrainCheck's engine infers from each collector's trace of a 30-step run of each workload, by relation.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -39,6 +42,7 @@ SETTINGS = {
     "selective": ["--invariants", str(BENCH / "{w}.invariants.json")],
 }
 QUICK_SETTINGS = ("default", "depth", "selective")
+INVARIANT_STEPS = 30  # the runs the engine learns from: long enough for every relation, short enough to infer
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -110,6 +114,43 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
         for row in rows:
             row["ratio"] = row["wall_s"] / p
     return rows
+
+
+def invariant_table(workloads: list[str], traincheck: Path) -> list[dict]:
+    """What the engine learns from each collector: TrainCheck's `traincheck-infer` on a 30-step run of each
+    workload, traced by `tc-rewrite` with its default settings (exported) and by TrainCheck's collector (the same
+    script, `--models-to-track model`); invariants counted by relation."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tc-bench-inv-") as tmp:
+        for name in workloads:
+            work = Path(tmp) / name
+            (work / "src").mkdir(parents=True)
+            script = work / "src" / f"{name}.py"  # TrainCheck's collector writes its instrumented copy beside it
+            script.write_bytes((BENCH / f"{name}.py").read_bytes())
+            env = {**os.environ, "BENCH_STEPS": str(INVARIANT_STEPS), "TC_REWRITE_CACHE_DIR": str(Path(tmp) / "cache")}
+            ours, export, theirs = work / "ours", work / "ours-export", work / "theirs"
+            tc = [sys.executable, "-m", "traincheck_rewrite"]
+            _run([*tc, "--pyscript", str(script), "--models-to-track", "model", "--output-dir", str(ours)], work, env)
+            _run([*tc, "trace", "export", str(ours), "--to", str(export)], work, env)
+            collect_env = {**env, "PATH": f"{traincheck / 'bin'}{os.pathsep}{env.get('PATH', '')}"}  # its python
+            collect = [str(traincheck / "bin" / "traincheck-collect"), "--pyscript", str(script), "--models-to-track", "model"]
+            _run([*collect, "--output-dir", str(theirs)], work / "src", collect_env)
+            for collector, folder in (("tc-rewrite", export), ("traincheck-collect", theirs)):
+                out = work / f"{collector}.invariants.json"
+                _run([str(traincheck / "bin" / "traincheck-infer"), "-f", str(folder), "-o", str(out)], work)
+                relations = collections.Counter(json.loads(line)["relation"] for line in out.read_text().splitlines() if line.strip())
+                rows.append({"workload": name, "collector": collector, "relations": dict(relations)})
+    return rows
+
+
+def _print_invariants(rows: list[dict]) -> None:
+    relations = sorted({r for row in rows for r in row["relations"]})
+    columns = [(row["workload"], row["collector"]) for row in rows]
+    print(f"invariants by relation (traincheck-infer on {INVARIANT_STEPS}-step runs; tc-rewrite at default settings)")
+    print(f"{'relation':<32}" + "".join(f"{w + ' ' + ('ours' if c == 'tc-rewrite' else 'tc'):>11}" for w, c in columns))
+    for relation in [*relations, "total"]:
+        cells = [sum(row["relations"].values()) if relation == "total" else row["relations"].get(relation, 0) for row in rows]
+        print(f"{relation:<32}" + "".join(f"{cell:>11}" for cell in cells))
 
 
 def rewrite_benchmarks() -> list[tuple[str, float, str]]:
@@ -284,12 +325,18 @@ def main() -> None:
     parser.add_argument("--traincheck", type=Path, metavar="VENV", help="a virtualenv with traincheck==0.2.0 (scripts/traincheck_venv.sh)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--calls", type=int, metavar="ROUNDS", help="only the per-call micro-benchmark, this many rounds")
+    parser.add_argument("--invariants", action="store_true", help="only the invariant table (needs --traincheck)")
     args = parser.parse_args()
     if args.calls:
         for what, value, unit in call_benchmarks(args.calls):
             print(f"{what:<62} {value:>9.2f} {unit}")
         return
     workloads = args.workload or (["mlp"] if args.quick else list(WORKLOADS))
+    if args.invariants:
+        if args.traincheck is None:
+            parser.error("--invariants needs --traincheck VENV (its engine infers them)")
+        _print_invariants(invariant_table(workloads, args.traincheck.resolve()))
+        return
     settings = list(QUICK_SETTINGS if args.quick else SETTINGS)
     pairs = args.pairs or (1 if args.quick else 3)
     traincheck = args.traincheck.resolve() if args.traincheck else None
@@ -297,8 +344,10 @@ def main() -> None:
     micro = micro_benchmarks(1 if args.quick else 3) + rewrite_benchmarks()
     if not args.quick:
         micro += framework_benchmark(pairs)
+    invariants = invariant_table(workloads, traincheck) if traincheck is not None and not args.quick else []
     if args.json:
-        print(json.dumps({"workloads": rows, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro]}, indent=2))
+        print(json.dumps({"workloads": rows, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro],
+                          "invariants": invariants}, indent=2))
         return
     print(f"{'workload':<6} {'setting':<19} {'wall s':>7} {'ratio':>6} {'peak MiB':>9} {'trace KiB':>10} {'records':>8} {'B/rec':>6} {'rec/s':>8}")
     for r in rows:
@@ -311,6 +360,9 @@ def main() -> None:
     print()
     for what, value, unit in micro:
         print(f"{what:<48} {value:>9.2f} {unit}")
+    if invariants:
+        print()
+        _print_invariants(invariants)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ REQUIRED = {
         ("torch.optim.optimizer.Optimizer.zero_grad", "optimizer.zero_grad()"),
         ("torch.optim.sgd.SGD.step", "optimizer.step()"),
         ("torch._tensor.Tensor.backward", "loss.backward()"),
-        ("torch.nn.modules.module.Module.__call__", "model(x)"),
+        ("torch.nn.modules.container.Sequential.forward", "model(x)"),
         ("torch.nn.modules.linear.Linear", "nn.Linear(4, 16)"),
         ("torch.nn.modules.container.Sequential", "nn.Sequential("),
     ],

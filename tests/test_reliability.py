@@ -218,7 +218,7 @@ def test_an_exception_closes_every_open_call_with_an_exception_record(tmp_path: 
     assert traced.program_stderr.splitlines()[-1] == plain.stderr.splitlines()[-1]
     records = api_records(traced.run_dir)
     failed = [r for r in records if r["type"] == "function_call (post) (exception)"]
-    assert [r["function"] for r in failed] == ["torch._C._nn.linear", "torch.nn.modules.module.Module.__call__"]
+    assert [r["function"] for r in failed] == ["torch._C._nn.linear", "__main__.Net.forward"]
     assert all(r["exception"] == "RuntimeError" and "shapes" in r["exception_msg"] for r in failed)
     pre = {r["func_call_id"] for r in records if r["type"] == "function_call (pre)"}
     assert pre == {r["func_call_id"] for r in records if r["type"] != "function_call (pre)"}

@@ -97,7 +97,7 @@ def test_zero_grad_clears_grads_inside_its_window_and_backward_sets_them(styles,
             inside = _states(records, var, window)
             assert inside and isinstance(inside[-1]["attributes"]["grad"], int)
     # BatchNorm statistics change in the model's forward, recorded inside the tracked model's call
-    forward = _windows(records, "torch.nn.modules.module.Module.__call__")
+    forward = _windows(records, "torch.nn.modules.container.Sequential.forward")
     assert any(_states(records, "model.1.running_mean", w) for w in forward)
 
 
@@ -105,7 +105,7 @@ def test_proxy_obj_names_name_the_tracked_objects_passed(styles):
     records = styles["proxy"][2]
     calls = [r for r in records if r["type"] == "function_call (pre)"]
     assert all("proxy_obj_names" in r for r in calls)
-    forward = next(r for r in calls if r["function"] == "torch.nn.modules.module.Module.__call__" and r["proxy_obj_names"])
+    forward = next(r for r in calls if r["function"] == "torch.nn.modules.container.Sequential.forward" and r["proxy_obj_names"])
     assert forward["proxy_obj_names"] == [["model", "Sequential"]]
 
 

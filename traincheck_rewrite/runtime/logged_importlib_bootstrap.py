@@ -19,7 +19,7 @@ from types import MethodType
 
 from . import meta
 from .encode import EXC, POST, PRE
-from .lookup import MODULE_CALL, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
+from .lookup import BOUND, FORWARD, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
 from .values import encoded, encoded_return, type_name
 from .warn import warn_once
 from .writer import BATCH
@@ -66,32 +66,40 @@ def logged(ctx, *args, **kwargs):
     s = state
     if s is None or not (info[PLAIN] and s.plain) or compiling():
         return _logged_general(s, site, fn, info, owner, args, kwargs)
+    pre = ()  # the pre record; None: this call is the open call itself, reached again through a wrapper
     try:
         thread = s.local.thread or s.new_thread()
         stack = thread.stack
         if type(site) is int or not (stack or thread.unrecorded):  # the program's call, or a framework's outermost
             s.steps.refresh()  # one: a call inside a library (a string site) has the stage of the logged call it runs in
-        envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
-        parent = stack[-1] if stack else None
-        tracker = s.tracker
-        n = next(s.ids)
-        records = thread.records
-        records.append((
-            PRE, n, _now(), meta.current, info, site,
-            id(owner) if owner is not None else id(args[0]) if info[1] and args else None, parent, envs,
-            {k: encoded(v) for k, v in kwargs.items()} if kwargs else None,
-            (tracker.proxy_names(owner, args) or _NO_PROXIES) if tracker is not None and tracker.names_by_id else _NO_PROXIES,
-        ))  # fmt: skip
+        elif stack and wraps_open_call(stack[-1], info, owner, args):
+            pre = None
+        if pre is not None:
+            envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
+            tracker = s.tracker
+            n = next(s.ids)
+            records = thread.records
+            pre = (
+                PRE, n, _now(), meta.current, info, site,
+                id(owner) if owner is not None else id(args[0]) if info[1] and args else None,
+                stack[-1][1] if stack else None, envs,
+                {k: encoded(v) for k, v in kwargs.items()} if kwargs else None,
+                (tracker.proxy_names(owner, args) or _NO_PROXIES) if tracker is not None and tracker.names_by_id else _NO_PROXIES,
+            )  # fmt: skip
+            records.append(pre)
     except Exception as exc:
         recorder_error(exc)
         return fn(*args, **kwargs)
-    stack.append(n)
+    if pre is None:
+        return fn(*args, **kwargs)
+    parent = pre[7]
+    stack.append(pre)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         closed_by_exception(thread, n, info, parent, exc)
         raise
-    if stack and stack[-1] == n:
+    if stack and stack[-1] is pre:
         stack.pop()
     try:
         records.append((POST, n, _now(), meta.current, info, parent, encoded_return(result)))
@@ -111,8 +119,17 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
     local = s.local
     outer_quiet = local.quiet  # True when the recorder's own work led to this call
     local.quiet = True  # the recorder's own work calls no logged library code
+    again = False
     try:
         thread = local.thread or s.new_thread()
+        stack = thread.stack
+        again = type(site) is not int and bool(stack) and wraps_open_call(stack[-1], info, owner, args)
+    except Exception as exc:
+        recorder_error(exc)
+    if again:
+        local.quiet = outer_quiet
+        return fn(*args, **kwargs)
+    try:
         name, bound, _, role, restage, logged_, dump_args = info[:7]
         if role:
             role_before(s, role)
@@ -126,7 +143,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
         if not skip and not logged_:  # not selected: no API records, but what it changes is recorded inside it
             check = tracker is not None and checks_state(tracker, info, owner)
             if check:
-                tracker.check(f"before {name}", s.emit_state, name == MODULE_CALL)
+                tracker.check(f"before {name}", s.emit_state, info[FORWARD])
             skip = True
     except Exception as exc:
         local.quiet = outer_quiet
@@ -139,7 +156,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
             return fn(*args, **kwargs)
         finally:
             thread.unrecorded -= 1
-            unrecorded_after(s, role, check and name)
+            unrecorded_after(s, role, check and info)
     local.quiet = True
     try:
         proxies = _NO_PROXIES
@@ -147,21 +164,21 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
             proxies = tracker.proxy_names(owner, args) or _NO_PROXIES
             check = checks_state(tracker, info, owner)
             if check:  # changes made since the last record by code that is not logged: before this call's window
-                tracker.check(f"before {name}", s.emit_state, name == MODULE_CALL)
+                tracker.check(f"before {name}", s.emit_state, info[FORWARD])
         envs, kw = (), None
         if dump_args:
             envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
             kw = {k: encoded(v) for k, v in kwargs.items()} if kwargs else None
-        stack = thread.stack
-        parent = stack[-1] if stack else None
+        parent = stack[-1][1] if stack else None
         n = next(s.ids)
         obj_id = id(owner) if owner is not None else id(args[0]) if bound and args else None
-        thread.records.append((PRE, n, _now(), meta.current, info, site, obj_id, parent, envs, kw, proxies))
+        pre = (PRE, n, _now(), meta.current, info, site, obj_id, parent, envs, kw, proxies)
+        thread.records.append(pre)
     except Exception as exc:
         local.quiet = outer_quiet
         recorder_error(exc)
         return fn(*args, **kwargs)
-    stack.append(n)
+    stack.append(pre)
     local.quiet = outer_quiet
     try:
         result = fn(*args, **kwargs)
@@ -172,13 +189,24 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
     return result
 
 
+def wraps_open_call(open_pre: tuple, info: tuple, owner, args: tuple) -> bool:
+    """Whether a call made inside a library is the open logged call itself, reached through a wrapper: the same
+    function on the same object (`Optimizer.step`'s profiling and grad-mode wrappers calling `Adam.step`,
+    `Module._call_impl` calling `forward`). Logged once, as the program made it; a nested module of the same class
+    is another object and is logged."""
+    if open_pre[4][NAME] != info[NAME]:
+        return False
+    this = owner if owner is not None else args[0] if info[BOUND] and args else None
+    return this is not None and open_pre[6] == id(this)
+
+
 # --- what the general path does around the call -----------------------------------------------------------------
 
 
 def closed_by_exception(thread, n: int, info: tuple, parent, exc: BaseException) -> None:
     """The exception record of a call on the plain path."""
     stack = thread.stack
-    if stack and stack[-1] == n:
+    if stack and stack[-1][1] == n:
         stack.pop()
     try:
         msg = _message(exc)
@@ -200,9 +228,9 @@ def after_call(s, thread, n: int, info: tuple, parent, restage: bool, check: boo
     outer_quiet, local.quiet = local.quiet, True
     try:
         name, role = info[NAME], info[ROLE]
-        state_inside(s, check, name)
+        state_inside(s, check, info)
         stack = thread.stack
-        if stack and stack[-1] == n:
+        if stack and stack[-1][1] == n:
             stack.pop()
         if restage:
             s.steps.refresh()
@@ -220,14 +248,14 @@ def after_call(s, thread, n: int, info: tuple, parent, restage: bool, check: boo
         local.quiet = outer_quiet
 
 
-def unrecorded_after(s, role: int, checked_name) -> None:
+def unrecorded_after(s, role: int, checked_info) -> None:
     """After a call without API records (not selected, or in a step the sampling skips): it still counts for steps,
-    and when `checked_name` is given the tracked state it changed is recorded as it returns."""
+    and when `checked_info` is given the tracked state it changed is recorded as it returns."""
     local = s.local
     outer_quiet, local.quiet = local.quiet, True
     try:
-        if checked_name:
-            state_inside(s, True, checked_name)
+        if checked_info:
+            state_inside(s, True, checked_info)
         if role:
             role_after(s, role)
     finally:
@@ -238,21 +266,21 @@ def checks_state(tracker, info: tuple, owner) -> bool:
     """Whether this logged call is one that can change tracked state (see tracking.mutates)."""
     if not info[MUTATES] or tracker.sampler:
         return False
-    name = info[0]
-    if name == MODULE_CALL:
+    if info[FORWARD]:
         return id(owner) in tracker.roots  # the tracked model's forward updates buffers; submodules' calls are inside it
+    name = info[NAME]
     if name[-1] == "_" and owner is not None and not name.startswith("torch.optim."):
         return id(owner) in tracker.names_by_id or tracker.dirty_by_storage(owner)
     return True
 
 
-def state_inside(s, check: bool, name: str) -> None:
+def state_inside(s, check: bool, info: tuple) -> None:
     """State records of what the call changed, timed inside its window (before its post record)."""
     tracker = s.tracker
     if tracker is None or not check:
         return
     try:
-        tracker.check(name, s.emit_state, name == MODULE_CALL)
+        tracker.check(info[NAME], s.emit_state, info[FORWARD])
     except Exception as exc:
         recorder_error(exc)
 

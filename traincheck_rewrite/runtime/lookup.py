@@ -16,13 +16,11 @@ import orjson
 from .tracking import mutates
 from .values import type_name
 
-MODULE_CALL = "torch.nn.modules.module.Module.__call__"
-
 # Definitions reached through a C base class are named after the class users know.
 _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
 
 # What an info tuple holds, by index.
-NAME, BOUND, MUTATES, ROLE, RESTAGE, LOGGED, DUMP_ARGS, NAME_JSON, BOUND_JSON, PLAIN = range(10)
+NAME, BOUND, MUTATES, ROLE, RESTAGE, LOGGED, DUMP_ARGS, NAME_JSON, BOUND_JSON, PLAIN, FORWARD = range(11)
 
 # Optimizer steps are not told by name: torch's step hooks report every one (optimizer_hooks.py).
 ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER = 2, 3, 4, 5
@@ -33,6 +31,12 @@ _ROLES = {
     "torch.serialization.load": ROLE_CHECKPOINT,
     "torch.distributed.distributed_c10d.init_process_group": ROLE_DIST_INIT,
 }
+
+# The steps from a module's call to its `forward` (with library depth into torch.nn.modules): the module's call is
+# logged once, named after its forward (see _is_torch_module), so these are not logged between the two.
+_MODULE_CALL_STEPS = frozenset(
+    {"torch.nn.modules.module.Module._wrapped_call_impl", "torch.nn.modules.module.Module._call_impl"}
+)
 
 _STAGE_CHANGERS = (".train", ".eval", "set_grad_enabled", "inference_mode", "_set_grad_enabled")
 
@@ -62,11 +66,14 @@ def _instrumented(module) -> bool:
     return ok
 
 
-def _info(name: str, bound: bool) -> tuple | None:
-    """The info tuple (see the indexes above): function name, is_bound_method, can change model state, role for steps/stage, can change the stage by itself (the post record then looks again), gets
-    records, records its arguments, the name and is_bound_method as JSON, and whether the call takes the plain path
-    (no role, no state check, no stage change, records with arguments). None for a call that is neither selected
-    (`--invariants`) nor needed by the step counter."""
+def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
+    """The info tuple (see the indexes above): function name, is_bound_method, can change model state, role for
+    steps/stage, can change the stage by itself (the post record then looks again), gets records, records its
+    arguments, the name and is_bound_method as JSON, whether the call takes the plain path (no role, no state check,
+    no stage change, records with arguments), and whether it is a module's call (`model(x)`). None for a call that
+    is neither selected (`--invariants`) nor needed by the step counter."""
+    if name in _MODULE_CALL_STEPS:
+        return None
     role = _ROLES.get(name, 0)
     if not bound and name.startswith("torch.optim.") and "lr_scheduler" not in name and name.rsplit(".", 1)[1][:1].isupper():
         role = ROLE_NEW_OPTIMIZER
@@ -76,11 +83,11 @@ def _info(name: str, bound: bool) -> tuple | None:
         if selected is None and not role:
             return None
         logged, dump_args = selected is not None, bool(selected)
-    changes_state = mutates(name)
+    changes_state = forward or mutates(name)
     restage = bool(role) or name.endswith(_STAGE_CHANGERS)
     plain = not (role or changes_state or restage) and logged and dump_args
     return (name, bound, changes_state, role, restage, logged, dump_args, orjson.dumps(name).decode(),
-            "true" if bound else "false", plain)  # fmt: skip
+            "true" if bound else "false", plain, forward)  # fmt: skip
 
 
 def _class_path(cls: type) -> str:
@@ -194,6 +201,16 @@ def _classify(fn, t: type):
     definer = _definer(t, "__call__")
     info = None
     if definer is not None and _instrumented(definer.__module__):
-        info = _info(f"{_class_path(definer)}.__call__", True)
+        if _is_torch_module(definer):
+            info = _info(f"{_class_path(_definer(t, 'forward') or definer)}.forward", True, forward=True)
+        else:
+            info = _info(f"{_class_path(definer)}.__call__", True)
     _call_info[t] = info
     return info
+
+
+def _is_torch_module(cls: type) -> bool:
+    """`torch.nn.Module` itself. A module's call is named after the `forward` it runs (`torch.nn.modules.linear.
+    Linear.forward`), as TrainCheck's collector names it; TrainCheck's engine leaves every `Module.*` name out of
+    its relations, so `Module.__call__` would teach it nothing."""
+    return cls.__name__ == "Module" and cls.__module__ == "torch.nn.modules.module"

@@ -281,7 +281,7 @@ def mutates(name: str) -> bool:
     """Whether a logged function can change model state (checked around its calls)."""
     if name.startswith(("torch.optim.", "torch.nn.utils.", "torch.nn.init.", "torch.autograd.")):
         return True
-    if name in ("torch._tensor.Tensor.backward", "torch.nn.modules.module.Module.__call__"):
+    if name == "torch._tensor.Tensor.backward":
         return True
     if name.startswith("torch.nn.modules.module.Module."):
         return name.rsplit(".", 1)[1] in _MODULE_MUTATORS
