@@ -9,7 +9,8 @@ in three ways that the export removes:
   that thread's trace: such calls are dropped and counted (the complete calls inside them are kept);
 - a call of a function made directly inside a call of the same function on the same object (a decorator's wrapper
   calling what it wraps, seen with library depth: `SGD.step` three times per step) is merged into the outer call,
-  as TrainCheck's collector, wrapping the outermost only, records one;
+  as TrainCheck's collector, wrapping the outermost only, records one (the runtime logs such calls once since
+  this version; traces written before it still hold them);
 - a post record carries the stage at return time (a call that switches stage, like `model.eval()`), the engine
   needs the stage of its pre record: the post record gets the pre record's stage;
 - a state record repeats a tensor's unchanged `data` hash when only its grad changed (after `backward`). The engine
