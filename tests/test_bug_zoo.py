@@ -20,14 +20,20 @@ ENTRIES = sorted(p.name for p in bugbench.ZOO.iterdir() if (p / "config.yaml").e
 # Entries whose bug our traces do not let the engine catch today, and why (docs/bug-detection.md has the evidence).
 # strict: the test fails once the entry is caught, so the mark goes when the cause is fixed.
 KNOWN_MISSES: dict[str, str] = {
-    "autocast_dtype": "traincheck 0.2.0 infers nothing about torch.nn.functional calls: relu's output dtype goes unused",
-    "clip_before_unscale": "still missed with steps counted by torch's step hooks (GradScaler loops now have steps and "
-    "a training stage); the cause is not re-measured yet (docs/bug-detection.md)",
-    "ddp_desync": "false alarm on the healthy rerun: an invariant exempts the reference run's process_id and thread_id",
-    "eval_mode_left": "engine skips Module.* calls; the steps trained in eval mode are labelled stage evaluation",
-    "freeze_undone": "sampled runs keep evaluation calls of skipped steps but drop their training calls: false alarms",
-    "reinit_weights": "argument envelopes carry no tensor identity: 'normal_ gets distinct arguments' is never inferred",
-    "zero_grad_missing": "selective trace: Adam.step alone between zero_grads, engine drops it (>4 consecutive records)",
+    "autocast_dtype": "traincheck 0.2.0 skips torch.nn.functional.* and torch._C._nn.* (ANALYSIS_SKIP_FUNC_NAMES), the "
+    "calls whose output dtype shows the bug; caught at step 6 with rewrite_libraries torch.nn.modules/functional",
+    "clip_before_unscale": "caught at step 6 (cover), but the lead checker reports 'clip_grad_norm_ precedes unscale_' "
+    "at the clip_grad_norm_ of step 5, the call that opens the interval lacking unscale_",
+    "ddp_desync": "false alarm on the healthy rerun: the engine prunes contain examples (first and last 10 calls in file "
+    "order), so the exemption of the first zero_grad (no gradient yet) covers rank 0 only",
+    "eval_mode_left": "engine skips Module.* calls, where our default depth shows dropout; caught at step 6 with "
+    "rewrite_libraries torch.nn.modules (Dropout.forward always calls functional.dropout)",
+    "freeze_undone": "requires_grad_ carries TrainCheck's name torch._C.TensorBase.requires_grad_, which traincheck "
+    "0.2.0 skips ('._'); renamed out of the skip, caught at step 5",
+    "reinit_weights": "normal_ carries TrainCheck's name torch._C.TensorBase.normal_, which traincheck 0.2.0 skips "
+    "('._'); renamed out of the skip, 'normal_ receives distinct arguments' is inferred and fires at step 0",
+    "zero_grad_missing": "caught at step 6 (cover), but the lead checker reports 'Adam.step precedes zero_grad' at the "
+    "Adam.step of step 5, the call that opens the interval lacking zero_grad",
 }
 
 

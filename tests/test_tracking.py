@@ -84,6 +84,15 @@ def test_frozen_parameter_never_changes(styles, style):
 
 
 @pytest.mark.parametrize("style", ["proxy", "subclass"])
+def test_freezing_a_parameter_is_recorded_inside_the_requires_grad_call(styles, style):
+    """requires_grad_() bumps no version counter; a frozen stage unfrozen again (mmpretrain-702) must show at its call."""
+    records = styles[style][2]
+    freeze = _windows(records, "torch.Tensor.requires_grad_")
+    assert len(freeze) == 1
+    assert [r["attributes"]["requires_grad"] for r in _states(records, "model.0.weight", freeze[0])] == [False]
+
+
+@pytest.mark.parametrize("style", ["proxy", "subclass"])
 def test_zero_grad_clears_grads_inside_its_window_and_backward_sets_them(styles, style):
     records = styles[style][2]
     zero = _windows(records, "torch.optim.optimizer.Optimizer.zero_grad")

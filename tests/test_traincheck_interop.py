@@ -79,8 +79,9 @@ def test_infer_from_our_traces_then_check_a_healthy_and_a_buggy_run(tmp_path: Pa
         (19, "end of skipped steps"),
         (29, "end of skipped steps"),
     }
+    # only the APIs the invariants name, and backward (it parts the optimizer steps in the engine's event table)
     logged = {r["function"] for r in read_records(run_dir, kinds=("API",))}
-    assert logged and logged <= named, logged - named
+    assert logged and logged <= named | {"torch._tensor.Tensor.backward"}, logged - named
     healthy = _check(engine, ok_export, invariants, tmp_path / "ok_check")
     assert healthy["violations"] == [] and healthy["first_violation_step"] is None, healthy
 

@@ -139,7 +139,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
             s.steps.refresh()
         else:  # a call inside a library (a string site) has the stage of the logged call it runs in
             restage = False
-        skip = s.sampling is not None and not sampled(s.sampling)
+        skip = s.sampling is not None and not sampled(s)
         if not skip and not logged_:  # not selected: no API records, but what it changes is recorded inside it
             check = tracker is not None and checks_state(tracker, info, owner)
             if check:
@@ -285,13 +285,16 @@ def state_inside(s, check: bool, info: tuple) -> None:
         recorder_error(exc)
 
 
-def sampled(sampling: tuple[int, int]) -> bool:
-    """Whether this moment's records are kept: all outside training, steps 1..warm_up, then every interval-th."""
+def sampled(s) -> bool:
+    """Whether this moment's records are kept: training steps 1..warm_up, then every interval-th, and an evaluation
+    inside a training iteration with its step (kept alone, its calls would stand next to other steps' training
+    calls); everything else (set-up, evaluation outside the training loop, checkpointing)."""
     current = meta.current
     step = current.get("step")
-    if current.get("stage") != "training" or type(step) is not int:
+    stage = current.get("stage")
+    if type(step) is not int or (stage != "training" and not (stage == "evaluation" and s.steps.in_training_iteration())):
         return True
-    warm_up, interval = sampling
+    warm_up, interval = s.sampling
     return step <= warm_up or (step - warm_up) % interval == 0
 
 

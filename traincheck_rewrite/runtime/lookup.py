@@ -82,7 +82,9 @@ def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
         selected = _select.get(name)
         if selected is None and not role:
             return None
-        logged, dump_args = selected is not None, bool(selected)
+        # backward stays logged (without arguments): its records part one optimizer step from the next in the
+        # engine's event table, which drops a function called more than twice in a row from lead/cover checking
+        logged, dump_args = selected is not None or role == ROLE_BACKWARD, bool(selected)
     changes_state = forward or mutates(name)
     restage = bool(role) or name.endswith(_STAGE_CHANGERS)
     plain = not (role or changes_state or restage) and logged and dump_args

@@ -394,7 +394,7 @@ def after_optimizer_step(name: str, optimizer) -> None:
     outer_quiet, local.quiet = local.quiet, True
     try:
         tracker = state.tracker
-        if tracker is not None and (state.sampling is None or calls.sampled(state.sampling)):
+        if tracker is not None and (state.sampling is None or calls.sampled(state)):
             if tracker.sampler:
                 tracker.snapshot(name, state.emit_state)
             else:

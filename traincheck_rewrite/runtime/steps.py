@@ -162,6 +162,11 @@ class Steps:
         if self.holder is not None:
             self.release(None)
 
+    def in_training_iteration(self) -> bool:
+        """Whether this thread is inside an iteration of the marked training loop (in a loop nested in it too)."""
+        loop = self.training_loop
+        return loop is not None and any(it.loop == loop for it in self._stack())
+
     # --- held records -----------------------------------------------------------------------------------------
 
     def hold_expired(self, now: int, held: int) -> bool:

@@ -26,7 +26,7 @@ class _Tensor:
 
     __slots__ = (
         "var_name", "var_type", "ref", "ptr", "is_buffer", "version", "data_ptr", "data", "grad_ref", "grad_version",
-        "grad_ptr", "grad", "data_hash",
+        "grad_ptr", "grad", "data_hash", "requires_grad",
     )
 
     def __init__(self, var_name: str, t) -> None:
@@ -36,6 +36,7 @@ class _Tensor:
         self.ref = weakref.ref(t)
         self.ptr = _storage(t)  # the storage it was tracked with (by_ptr)
         self.version = self.data_ptr = self.grad_ref = self.grad_version = self.grad_ptr = self.data_hash = None
+        self.requires_grad = None
         self.data = self.grad = tensors.UNKNOWN
 
     def _same_grad(self, grad) -> bool:
@@ -51,6 +52,7 @@ class _Tensor:
             or _storage(t) != self.data_ptr  # `p.data = other` keeps the version counter
             or not self._same_grad(grad)
             or (grad is not None and grad._version != self.grad_version)
+            or t.requires_grad != self.requires_grad  # a stage frozen or unfrozen: requires_grad_() changes nothing else
         ):
             return True
         # Kernels update BatchNorm running statistics without bumping their version counter: compare contents.
@@ -70,7 +72,7 @@ class _Tensor:
     def seen(self, t, attrs: dict, keep: bool, data_hash: int | None) -> None:
         """Remember the tensor as written now, and its contents when `keep` (formats small enough to hold)."""
         grad = t.grad
-        self.version, self.data_ptr = t._version, _storage(t)
+        self.version, self.data_ptr, self.requires_grad = t._version, _storage(t), t.requires_grad
         if grad is None:
             self.grad_ref = self.grad_version = self.grad_ptr = None
         else:
