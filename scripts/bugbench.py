@@ -14,7 +14,8 @@ For every zoo entry and every collector (`tc-rewrite`; with `--traincheck VENV` 
 Each program is also run plainly (healthy and buggy) to give the collection overhead of each run. The engine is the
 one of scripts/traincheck_venv.sh (traincheck==0.2.0). Prints a Markdown table (and writes it to `--out`).
 A violation on the buggy run counts as a detection only at or after the step where the bug begins (the
-`BUG_STEP` constant of the program); violations before it are false alarms too.
+`BUG_STEP` constant of the program); violations before it are false alarms too. A lead violation is dated by the
+call at which it is seen, not the earlier call the engine reports (see `_date_lead_violations`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _key(violation: dict) -> tuple[str, str]:
 
 
 def _step(violation: dict) -> int:
-    step = violation.get("first_step")
+    step = violation.get("witness_step", violation.get("first_step"))
     return -1 if step is None else int(step)
 
 
@@ -201,7 +202,58 @@ def check(engine: Path, traces: Path, invariants: Path, out: Path) -> list[dict]
     summaries = list(out.glob("*/violations_summary.json"))
     if proc.returncode != 0 or len(summaries) != 1:
         raise RuntimeError(f"traincheck-check failed: {_tail(proc)}")
-    return json.loads(summaries[0].read_text())["violations"]
+    violations = json.loads(summaries[0].read_text())["violations"]
+    _date_lead_violations(violations, summaries[0].parent / "failed.log", traces)
+    return violations
+
+
+def _failed_results(path: Path) -> list[dict]:
+    """The results of failed.log (pretty-printed JSON objects one after the other), in the summary's order."""
+    text, decoder, results, at = path.read_text(), json.JSONDecoder(), [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            return results
+        result, at = decoder.raw_decode(text, at)
+        results.append(result)
+
+
+def _date_lead_violations(violations: list[dict], failed_log: Path, traces: Path) -> None:
+    """A lead violation ("A always precedes B") is found at a call of B with no A since B's previous call, but
+    traincheck 0.2.0 reports that previous call (`invariant/lead_relation.py`, the `trace=[pre_event_A]` of its
+    checker): the bug's first step shows up as the step before it. Each lead violation gets `witness_step`, the step
+    of the next call of the reported function on the same thread: the call at which the violation is seen."""
+    results = _failed_results(failed_log) if failed_log.exists() else []
+    if len(results) != len(violations):
+        return
+    for violation, result in zip(violations, results):
+        reported = (result.get("trace") or [None])[0]
+        if violation.get("relation_type") != "FunctionLeadRelation" or not isinstance(reported, dict):
+            continue
+        step = _next_call_step(traces, reported)
+        if step is not None:
+            violation["witness_step"] = step
+
+
+def _next_call_step(traces: Path, reported: dict) -> int | None:
+    """The step of the first call of `reported`'s function after it, on its process and thread."""
+    function, after = reported.get("function"), reported.get("time")
+    where = (reported.get("process_id"), reported.get("thread_id"))
+    needle, best = json.dumps(function), None
+    for path in traces.iterdir():
+        if not path.name.startswith("trace_"):
+            continue
+        with path.open() as lines:
+            for line in lines:
+                if needle not in line:
+                    continue
+                record = json.loads(line)
+                if (record.get("type") == "function_call (pre)" and record.get("function") == function
+                        and (record.get("process_id"), record.get("thread_id")) == where and record["time"] > after
+                        and (best is None or record["time"] < best[0])):  # fmt: skip
+                    best = (record["time"], record.get("meta_vars", {}).get("step"))
+    return None if best is None else best[1]
 
 
 def bench(entry: Entry, collector, engine: Path, work: Path, full: bool = True) -> Outcome:

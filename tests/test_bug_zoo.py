@@ -22,8 +22,6 @@ ENTRIES = sorted(p.name for p in bugbench.ZOO.iterdir() if (p / "config.yaml").e
 KNOWN_MISSES: dict[str, str] = {
     "autocast_dtype": "traincheck 0.2.0 skips torch.nn.functional.* and torch._C._nn.* (ANALYSIS_SKIP_FUNC_NAMES), the "
     "calls whose output dtype shows the bug; caught at step 6 with rewrite_libraries torch.nn.modules/functional",
-    "clip_before_unscale": "caught at step 6 (cover), but the lead checker reports 'clip_grad_norm_ precedes unscale_' "
-    "at the clip_grad_norm_ of step 5, the call that opens the interval lacking unscale_",
     "ddp_desync": "false alarm on the healthy rerun: the engine prunes contain examples (first and last 10 calls in file "
     "order), so the exemption of the first zero_grad (no gradient yet) covers rank 0 only",
     "eval_mode_left": "engine skips Module.* calls, where our default depth shows dropout; caught at step 6 with "
@@ -32,8 +30,6 @@ KNOWN_MISSES: dict[str, str] = {
     "0.2.0 skips ('._'); renamed out of the skip, caught at step 5",
     "reinit_weights": "normal_ carries TrainCheck's name torch._C.TensorBase.normal_, which traincheck 0.2.0 skips "
     "('._'); renamed out of the skip, 'normal_ receives distinct arguments' is inferred and fires at step 0",
-    "zero_grad_missing": "caught at step 6 (cover), but the lead checker reports 'Adam.step precedes zero_grad' at the "
-    "Adam.step of step 5, the call that opens the interval lacking zero_grad",
 }
 
 
