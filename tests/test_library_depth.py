@@ -108,6 +108,27 @@ def test_model_call_window_holds_each_forward_and_its_functional_calls(mlp_recor
     assert forward["site"].startswith("torch/nn/modules/container.py:") and "module(" in library_line(forward["site"])
 
 
+def test_a_nested_module_of_the_same_class_is_its_own_call(tmp_path, cache_dir):
+    """Only a wrapper reaching the open call's own object is folded into it: an inner Sequential is another call."""
+    (tmp_path / "nested.py").write_text(
+        "import torch\nimport torch.nn as nn\n"
+        "model = nn.Sequential(nn.Sequential(nn.Linear(2, 2)), nn.ReLU())\n"
+        "for _ in range(3):\n    model(torch.ones(1, 2))\n"
+    )
+    result = run_tc(["--pyscript", str(tmp_path / "nested.py"), *DEPTH], tmp_path / "out", cwd=tmp_path,
+                    env_extra={"TC_REWRITE_CACHE_DIR": str(cache_dir)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = list(read_records(result.run_dir))
+    by_id = {r["func_call_id"]: r for r in records if r["type"] == "function_call (pre)"}
+    sequential = [r for r in by_id.values() if r["function"] == "torch.nn.modules.container.Sequential.forward"]
+    outer = [r for r in sequential if isinstance(r["site"], int)]
+    inner = [r for r in sequential if not isinstance(r["site"], int)]
+    assert len(outer) == len(inner) == 3  # neither folded away nor logged twice through _call_impl's forward_call
+    assert {by_id[r["parent_id"]]["function"] for r in inner} == {"torch.nn.modules.container.Sequential.forward"}
+    assert {r["parent_id"] for r in inner} == {r["func_call_id"] for r in outer}
+    assert sum(r["function"] == "torch.nn.modules.linear.Linear.forward" for r in by_id.values()) == 3
+
+
 def test_the_recorders_own_library_calls_are_not_logged(mlp_records):
     # Model tracking walks named_parameters() (library code, whose inner calls are logged); the script's own two
     # parameters() calls (for the optimizer, for the checksum) are the only walks that may show.
