@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import torch
 
-from traincheck_rewrite.runtime.values import encoded, encoded_return, envelope
+from traincheck_rewrite.runtime.values import encoded, encoded_return, envelope, number
 
 
 def _expected(t: torch.Tensor) -> dict:
@@ -54,3 +54,13 @@ def test_each_tensor_envelope_as_json_says_what_that_tensor_is():
     for _ in range(2):  # the second time from the shared envelopes
         assert [orjson.loads(encoded(t)) for t in tensors] == [envelope(t) for t in tensors]
     assert orjson.loads(encoded_return((leaf, 3, None))) == [envelope(leaf), {"int": 3}, {"NoneType": None}]
+
+
+def test_an_unrecorded_call_numbers_its_tensors_as_a_recorded_one_would():
+    """values.number: a selective run's data ids are those of the full run its invariants were learnt from."""
+    a, b, c = torch.ones(2), torch.ones(3), torch.ones(4)
+    number([a, (b, {"k": c}), 7])
+    number(a)  # seen again: the same id
+    ids = [envelope(t)["data_id"] for t in (a, b, c)]
+    assert ids == list(range(ids[0], ids[0] + 3))
+    assert envelope(torch.ones(5))["data_id"] == ids[2] + 1

@@ -20,7 +20,7 @@ from types import MethodType
 from . import meta
 from .encode import EXC, POST, PRE
 from .lookup import BOUND, FORWARD, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
-from .values import encoded, encoded_return, type_name
+from .values import encoded, encoded_return, number, type_name
 from .warn import warn_once
 from .writer import BATCH
 
@@ -151,12 +151,15 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
         return fn(*args, **kwargs)
     local.quiet = outer_quiet
     if skip:
+        _number_arguments(owner, args, kwargs)
         thread.unrecorded += 1
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
             thread.unrecorded -= 1
             unrecorded_after(s, role, check and info)
+        _number(result)
+        return result
     local.quiet = True
     try:
         proxies = _NO_PROXIES
@@ -169,6 +172,8 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
         if dump_args:
             envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
             kw = {k: encoded(v) for k, v in kwargs.items()} if kwargs else None
+        else:
+            _number_arguments(owner, args, kwargs)
         parent = stack[-1][1] if stack else None
         n = next(s.ids)
         obj_id = id(owner) if owner is not None else id(args[0]) if bound and args else None
@@ -201,6 +206,26 @@ def wraps_open_call(open_pre: tuple, info: tuple, owner, args: tuple) -> bool:
 
 
 # --- what the general path does around the call -----------------------------------------------------------------
+
+
+def _number_arguments(owner, args: tuple, kwargs: dict) -> None:
+    """The data ids a recorded call's arguments would get (values.number), for a call whose arguments are not kept."""
+    try:
+        if owner is not None:
+            number(owner)
+        for value in args:
+            number(value)
+        for value in kwargs.values():
+            number(value)
+    except Exception as exc:
+        recorder_error(exc)
+
+
+def _number(result) -> None:
+    try:
+        number(result)
+    except Exception as exc:
+        recorder_error(exc)
 
 
 def closed_by_exception(thread, n: int, info: tuple, parent, exc: BaseException) -> None:

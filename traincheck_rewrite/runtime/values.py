@@ -242,6 +242,29 @@ def encoded(v) -> str:
     return _json(envelope(v))
 
 
+def number(v) -> None:
+    """Give the tensors in `v` their data ids in the order `encoded(v)` would, encoding nothing. A call that is not
+    recorded (not selected, or in a step the sampling skips) numbers its tensors too, so that a selective run's ids
+    are those of a run that records everything, whose trace the invariants were learnt from."""
+    t = type(v)
+    if t in _tensor_types:
+        _data_id(v)
+    elif t is list or t is tuple:
+        for x in v[:MAX_ITEMS]:
+            number(x)
+    elif t is dict:
+        for i, x in enumerate(v.values()):
+            if i == MAX_ITEMS:
+                break
+            number(x)
+    elif t not in _ENCODERS:
+        if _tensor_type is None and "torch" in sys.modules:
+            _torch_encoders()
+        if _tensor_type is not None and isinstance(v, _tensor_type):
+            _tensor_types.add(t)
+            _data_id(v)
+
+
 def encoded_return(v) -> str:
     """`return_envelope(v)` as JSON text."""
     if type(v) is tuple:
