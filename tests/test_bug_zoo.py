@@ -24,10 +24,6 @@ KNOWN_MISSES: dict[str, str] = {
     "calls whose output dtype shows the bug; caught at step 6 with rewrite_libraries torch.nn.modules/functional",
     "ddp_desync": "false alarm on the healthy rerun: the engine prunes contain examples (first and last 10 calls in file "
     "order), so the exemption of the first zero_grad (no gradient yet) covers rank 0 only",
-    "eval_mode_left": "Dropout.forward's records alone do not tell eval mode from train mode to the engine; the "
-    "functional.dropout call inside does: caught at step 6 with rewrite_libraries torch.nn.modules",
-    "freeze_undone": "requires_grad_ carries TrainCheck's name torch._C.TensorBase.requires_grad_, which traincheck "
-    "0.2.0 skips ('._'); renamed out of the skip, caught at step 5",
     "reinit_weights": "normal_ carries TrainCheck's name torch._C.TensorBase.normal_, which traincheck 0.2.0 skips "
     "('._'); renamed out of the skip, 'normal_ receives distinct arguments' is inferred and fires at step 0",
 }

@@ -63,14 +63,15 @@ def _opt(*decls, **kw):
 @_opt("--disable-scan-proxy-in-args", is_flag=True, help="TrainCheck's; accepted, proxy_obj_names kept.")
 @_opt("--no-auto-var-instr", is_flag=True, help="TrainCheck's; accepted, models stay tracked.")
 @_opt("--use-torch-compile", is_flag=True, help="TrainCheck's; accepted, torch.compile needs no switch.")
-@_opt("--rewrite-libraries", multiple=True, metavar="MODULE", help="Library modules whose inner calls are logged.")
+@_opt("--rewrite-libraries", multiple=True, metavar="MODULE", help="Library modules whose inner calls are logged [torch.nn.modules].")
+@_opt("--no-rewrite-libraries", is_flag=True, help="Log no calls made inside libraries (beside the frameworks').")
 @_opt("--rewrite-frameworks/--no-rewrite-frameworks", help="Log what training frameworks call for the program [on].")
 @_opt("--log-import-time-calls", is_flag=True, help="Also log calls made while rewritten libraries are imported.")
 @_opt("--plain-traces/--no-plain-traces", help="Also write the plain traces TrainCheck's engine reads into the run folder [on].")
 @_opt("--meta-var", "meta_var", multiple=True, metavar="KEY=VALUE", help="A static meta variable (repeatable).")
 @_opt("--summary", is_flag=True, help="Print the trace summary after the run.")
 @click.version_option(__version__, prog_name="tc-rewrite")
-def collect_command(config_file, use_config, config_opt, summary, meta_var, **flags):
+def collect_command(config_file, use_config, config_opt, summary, meta_var, no_rewrite_libraries, **flags):
     from .config import ConfigError, load_config
 
     if config_file and config_opt:
@@ -83,6 +84,10 @@ def collect_command(config_file, use_config, config_opt, summary, meta_var, **fl
         if value is None or value == ():
             continue
         overrides[key] = list(value) if isinstance(value, tuple) else value
+    if no_rewrite_libraries:
+        if "rewrite_libraries" in overrides:
+            raise _OneLineError("give either --rewrite-libraries or --no-rewrite-libraries, not both")
+        overrides["rewrite_libraries"] = []
     if meta_var:
         overrides["meta_vars"] = dict(_key_value(item) for item in meta_var)
     script_args = click.get_current_context().meta.get("script_args")

@@ -50,7 +50,7 @@ class Config:
     args: tuple[str, ...] = ()
     meta_vars: dict = field(default_factory=dict)
     meta_from: dict = field(default_factory=dict)
-    rewrite_libraries: tuple[str, ...] = ()
+    rewrite_libraries: tuple[str, ...] = ()  # load_config puts DEFAULT_LIBRARIES here when the key is not given
     rewrite_frameworks: bool = True
     log_import_time_calls: bool = False
     plain_traces: bool = True
@@ -58,6 +58,10 @@ class Config:
     notes: tuple[str, ...] = ()
 
 
+# Library depth when a config names none: the modules' own calls (`Linear.forward` -> `F.linear`, `BatchNorm2d.forward`
+# -> `F.batch_norm`, `Module.train` -> each submodule's) are what the engine's contain relations learn most from, for
+# about 0.05-0.1x of the plain run (docs/library-depth.md, measured with each bench workload).
+DEFAULT_LIBRARIES = ("torch.nn.modules",)
 KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
 _PATH_KEYS = {"pyscript", "shscript", "output_dir"}
 # Switches of traincheck-collect 0.2.0 that tune how it patches torch; accepted (flag and key), and what we do instead.
@@ -212,6 +216,8 @@ def load_config(config_path: Path | None, overrides: dict[str, Any]) -> Config:
             values[key] = cli.value(key, raw)
     notes += cli.notes
     notes += [f"{key}: accepted for TrainCheck compatibility; {TRAINCHECK_SWITCHES[key]}" for key in TRAINCHECK_SWITCHES if values.get(key)]
+    if "rewrite_libraries" not in values and values.get("pyscript") is not None:
+        values["rewrite_libraries"] = default_libraries(str(values["pyscript"].parent))
     config = Config(**values, config_path=config_path, notes=tuple(notes))
     _check_files(config)
     return config
@@ -243,6 +249,18 @@ def _check_file(key: str, path: Path) -> None:
         raise ConfigError(f"{key}: file not found: {path}")
     if not path.is_file():
         raise ConfigError(f"{key}: not a file: {path}")
+
+
+def default_libraries(script_dir: str) -> tuple[str, ...]:
+    """DEFAULT_LIBRARIES that the program can import (a script without torch gets none)."""
+    out = []
+    for name in DEFAULT_LIBRARIES:
+        try:
+            _check_library(name, script_dir)
+        except ConfigError:
+            continue
+        out.append(name)
+    return tuple(out)
 
 
 def _check_library(name: str, script_dir: str) -> None:
