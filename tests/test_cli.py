@@ -84,6 +84,8 @@ BAD_COMMAND_LINES = [
     (["trace", "summary", "no_such_run"], r"no_such_run: no such run folder"),
     (["--pyscript", "train.py", "--rewrite-libraries", "nosuchlib"], r"rewrite_libraries: no module named 'nosuchlib'"),
     (["cache", "purge"], r"No such command 'purge'"),
+    (["--pyscript", "train.py", "--no-rewrite-libraries", "--rewrite-libraries", "torch.optim"],
+     r"give either --rewrite-libraries or --no-rewrite-libraries, not both"),
 ]
 
 
@@ -127,6 +129,32 @@ def test_all_three_invocation_forms_and_override_order(project: Path, tmp_path: 
     assert traincheck_form.stdout == "other 0.0\n", traincheck_form.stderr  # the flag overrides the config
     flags_only = run_tc(["-p", "train.py"], tmp_path / "3", cwd=project)
     assert flags_only.returncode == 0 and flags_only.stdout == "2.0\n"
+
+
+@pytest.mark.parametrize(
+    "config,flags,libraries",
+    [
+        ("pyscript: train.py\n", [], ["torch.nn.modules"]),  # the default
+        ("pyscript: train.py\nrewrite_libraries: []\n", [], []),
+        ("pyscript: train.py\n", ["--no-rewrite-libraries"], []),
+        ("pyscript: train.py\nrewrite_libraries: [torch.optim]\n", [], ["torch.optim"]),  # naming the key replaces it
+        ("pyscript: train.py\nrewrite_libraries: [torch.optim]\n", ["--no-rewrite-libraries"], []),
+    ],
+)
+def test_library_depth_defaults_to_torch_nn_modules(project: Path, config: str, flags: list[str], libraries: list[str]):
+    (project / "cfg.yaml").write_text(config)
+    proc = tc(["cfg.yaml", "--only-instr", "--output-dir", "out", *flags], project)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((project / "out" / "run.json").read_text())
+    assert info["config"]["rewrite_libraries"] == info["runtime"]["rewrite_libraries"] == libraries
+
+
+def test_a_program_that_cannot_import_torch_gets_no_default_depth(project: Path, monkeypatch):
+    from traincheck_rewrite.config import default_libraries
+
+    assert default_libraries(str(project)) == ("torch.nn.modules",)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "torch").is_dir()])
+    assert default_libraries(str(project)) == ()
 
 
 def test_paths_in_the_config_are_relative_to_the_config_file(tmp_path: Path):
