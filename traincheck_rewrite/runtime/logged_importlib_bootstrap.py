@@ -151,7 +151,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
         return fn(*args, **kwargs)
     local.quiet = outer_quiet
     if skip:
-        _number_arguments(owner, args, kwargs)
+        _number(owner, *args, *kwargs.values())
         thread.unrecorded += 1
         try:
             result = fn(*args, **kwargs)
@@ -173,7 +173,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
             envs = tuple(map(encoded, args)) if owner is None else (encoded(owner), *map(encoded, args))
             kw = {k: encoded(v) for k, v in kwargs.items()} if kwargs else None
         else:
-            _number_arguments(owner, args, kwargs)
+            _number(owner, *args, *kwargs.values())
         parent = stack[-1][1] if stack else None
         n = next(s.ids)
         obj_id = id(owner) if owner is not None else id(args[0]) if bound and args else None
@@ -208,22 +208,11 @@ def wraps_open_call(open_pre: tuple, info: tuple, owner, args: tuple) -> bool:
 # --- what the general path does around the call -----------------------------------------------------------------
 
 
-def _number_arguments(owner, args: tuple, kwargs: dict) -> None:
-    """The data ids a recorded call's arguments would get (values.number), for a call whose arguments are not kept."""
+def _number(*values) -> None:
+    """The data ids a recorded call's values would get (values.number), for a call whose values are not kept."""
     try:
-        if owner is not None:
-            number(owner)
-        for value in args:
+        for value in values:
             number(value)
-        for value in kwargs.values():
-            number(value)
-    except Exception as exc:
-        recorder_error(exc)
-
-
-def _number(result) -> None:
-    try:
-        number(result)
     except Exception as exc:
         recorder_error(exc)
 
