@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import FIXTURES, run_plain, run_tc
+from traincheck_rewrite.runtime import tensors
 from traincheck_rewrite.runtime.tensors import tensor_hash, tensor_stats
 from traincheck_rewrite.runtime.tracking import Tracker
 from traincheck_rewrite.trace import read_records
@@ -161,6 +162,25 @@ def test_contiguous_and_strided_tensors_of_the_same_values_hash_alike():
         t = torch.randn(6, 4, generator=g).to(dtype)
         strided = t.t().contiguous().t()  # the same values, column-major: hashed through the general path
         assert not strided.is_contiguous() and tensor_hash(strided) == tensor_hash(t), dtype
+
+
+def test_a_batch_hashes_each_tensor_as_it_hashes_alone(monkeypatch):
+    """Tracking hashes the tensors of a check together (`hashes`): each must get exactly `tensor_hash`'s value, in
+    every dtype, layout and size, whether batched, cut into several batches or hashed alone, and again after a change
+    (the batch's buffers are reused)."""
+    g = torch.Generator().manual_seed(2)
+    items = [torch.randn(64, 64, generator=g), torch.randn(3, generator=g), torch.randn(64, 64, generator=g).t(),
+             torch.randn(5, generator=g, dtype=torch.float64), torch.arange(7), torch.arange(9, dtype=torch.int32),
+             torch.empty(0), torch.ones(4, dtype=torch.bool), torch.randn(10, generator=g).half(),
+             torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, -0.0]), torch.randn(70_000, generator=g),
+             torch.randn(63, generator=g), torch.randn(64, generator=g), torch.randn(65, generator=g), torch.tensor(3.0),
+             torch.randn(2, 3, 4, generator=g)[:, 1], torch.randn(3, generator=g, dtype=torch.complex64)]  # fmt: skip
+    assert tensors.hashes(items) == [tensor_hash(t) for t in items]
+    items[0].add_(1)
+    items[12][5] = float("nan")
+    assert tensors.hashes(items) == [tensor_hash(t) for t in items]
+    monkeypatch.setattr(tensors, "GROUP_MAX_WORDS", 100)  # several batches of one dtype
+    assert tensors.hashes(items) == [tensor_hash(t) for t in items]
 
 
 def test_contents_written_again_are_the_tensors_contents_now():

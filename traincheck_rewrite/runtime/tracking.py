@@ -45,18 +45,16 @@ class _Tensor:
             return self.grad_ref is None
         return self.grad_ref is not None and self.grad_ref() is grad
 
-    def changed(self, t, hash_buffers: bool) -> bool:
+    def changed(self, t) -> bool:
+        """Changed as its version counter, storage, grad or requires_grad tell (`by_content` says the rest)."""
         grad = t.grad
-        if (
+        return (
             t._version != self.version
             or _storage(t) != self.data_ptr  # `p.data = other` keeps the version counter
             or not self._same_grad(grad)
             or (grad is not None and grad._version != self.grad_version)
             or t.requires_grad != self.requires_grad  # a stage frozen or unfrozen: requires_grad_() changes nothing else
-        ):
-            return True
-        # Kernels update BatchNorm running statistics without bumping their version counter: compare contents.
-        return hash_buffers and self.is_buffer and tensors.tensor_hash(t) != self.data_hash
+        )
 
     def known(self, t) -> tuple:
         """The (data, grad) contents written last time that still hold (same version and storage; for grad, the same
@@ -82,13 +80,20 @@ class _Tensor:
         if self.is_buffer or data_hash is not None:
             self.data_hash = data_hash if data_hash is not None else tensors.tensor_hash(t)
 
-    def updated_unseen(self, t) -> bool:
-        """Changed by a kernel that does not bump the version counter (fused optimizers: `torch._fused_adamw_`);
-        known by content, so only for tensors whose hash was kept (the `hash` format, buffers)."""
-        if self.data_hash is None or tensors.tensor_hash(t) == self.data_hash:
-            return False
-        self.version = None  # its data is read again when written
-        return True
+
+
+def _by_content(candidates: list) -> list:
+    """The (entry, tensor) pairs whose contents differ from their kept hash, hashed in one batch. For kernels that
+    change a tensor without bumping its version counter: BatchNorm's running statistics, fused optimizers
+    (`torch._fused_adamw_`). Such an entry's data is read again when written."""
+    if not candidates:
+        return []
+    found = []
+    for (entry, t), h in zip(candidates, tensors.hashes([t.detach() for _, t in candidates])):
+        if h != entry.data_hash:
+            entry.version = None
+            found.append((entry, t))
+    return found
 
 
 class Tracker:
@@ -179,23 +184,33 @@ class Tracker:
         content too when `hash_buffers`: around the tracked model's forward)."""
         if self.changed_structure:
             self._rewalk()
-        changed = []
-        for entry in self.tensors.values():
-            t = entry.ref()
-            if t is not None and entry.changed(t, hash_buffers):
-                changed.append((entry, t))
-        self._write(changed, "update", dump_loc, emit)
+        self._write_changed(lambda entry, t: hash_buffers and entry.is_buffer, "update", dump_loc, emit)
 
     def check_stepped(self, dump_loc: str, emit, params) -> None:
         """`check` after an optimizer step: the parameters it holds are also compared by content, since fused
         optimizer kernels update them without bumping their version counters."""
         stepped = {id(p) for p in params}
-        changed = []
+        self._write_changed(lambda entry, t: id(t) in stepped, "update", dump_loc, emit)
+
+    def _write_changed(self, compare, mode: str, dump_loc: str, emit) -> None:
+        """Write the tensors that changed by their counters, or by content among those `compare` selects (whose hash
+        was kept), in tracking order."""
+        changed, candidates = [], []
         for entry in self.tensors.values():
             t = entry.ref()
-            if t is not None and (entry.changed(t, False) or (id(t) in stepped and entry.updated_unseen(t))):
+            if t is None:
+                continue
+            if entry.changed(t):
                 changed.append((entry, t))
-        self._write(changed, "update", dump_loc, emit)
+            elif entry.data_hash is not None and compare(entry, t):
+                candidates.append((entry, t))
+        if candidates:
+            found = {id(entry) for entry, _ in _by_content(candidates)}
+            if found:
+                order = {id(entry): i for i, entry in enumerate(self.tensors.values())}
+                changed += [pair for pair in candidates if id(pair[0]) in found]
+                changed.sort(key=lambda pair: order[id(pair[0])])
+        self._write(changed, mode, dump_loc, emit)
 
     def snapshot(self, dump_loc: str, emit) -> None:
         """Sampler style: every tracked tensor, changed or not."""

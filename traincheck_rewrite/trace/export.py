@@ -52,6 +52,7 @@ STATE = "state_change"
 RUNTIME_TENSOR_METHOD = "torch.Tensor."  # what the runtime calls methods of torch's C tensor class
 TRAINCHECK_TENSOR_METHOD = "torch._C.TensorBase."  # what TrainCheck's collector calls them
 DATA_ID = "_TRAINCHECK_data_ID"
+WRITE_BUFFER = 1 << 20
 CALL_ID_BASE = 10**9  # func_call_id = process_id * CALL_ID_BASE + n
 _ITEMSIZE = {
     "torch.float64": 8, "torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.complex128": 16,
@@ -84,6 +85,7 @@ class _Identities:
         self.threads: dict = {}
         for (pid, tid), _ in sorted(thread_starts.items(), key=lambda item: (self.processes[item[0][0]], item[1])):
             self.threads[(pid, tid)] = sum(1 for key in self.threads if key[0] == pid)
+        self._ids: dict = {}  # (pid, tid) -> what _of gives
 
     def process(self, pid):
         if pid not in self.processes:  # a process whose files could not be read ahead
@@ -95,36 +97,45 @@ class _Identities:
             self.threads[(pid, tid)] = sum(1 for key in self.threads if key[0] == pid)
         return self.threads[(pid, tid)]
 
+    def _of(self, pid, tid) -> tuple:
+        """(stable process id, stable thread id, first call id of the pid's range or None, shift of a call id)."""
+        ids = self._ids.get((pid, tid))
+        if ids is None:
+            stable = self.process(pid)
+            first = pid * CALL_ID_BASE if type(pid) is int else None
+            ids = self._ids[(pid, tid)] = (stable, self.thread(pid, tid), first, (stable - pid) * CALL_ID_BASE if first is not None else 0)
+        return ids
+
     def api(self, record: dict) -> dict:
-        pid = record.get("process_id")
-        out = dict(record)
-        out["process_id"] = stable = self.process(pid)
-        out["thread_id"] = self.thread(pid, record.get("thread_id"))
-        for key in ("func_call_id", "parent_id"):
-            value = record.get(key)
-            if isinstance(value, int) and isinstance(pid, int) and 0 <= value - pid * CALL_ID_BASE < CALL_ID_BASE:
-                out[key] = value - pid * CALL_ID_BASE + stable * CALL_ID_BASE
+        """The record as TrainCheck's collector would write it (changed in place: records are read fresh)."""
+        stable, thread, first, shift = self._of(record.get("process_id"), record.get("thread_id"))
+        record["process_id"], record["thread_id"] = stable, thread
+        if first is not None:
+            for key in ("func_call_id", "parent_id"):
+                value = record.get(key)
+                if type(value) is int and first <= value < first + CALL_ID_BASE:
+                    record[key] = value + shift
         name = record.get("function")
-        if isinstance(name, str) and name.startswith(RUNTIME_TENSOR_METHOD):
-            out["function"] = TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
+        if type(name) is str and name.startswith(RUNTIME_TENSOR_METHOD):
+            record["function"] = TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
         for key in ("args", "kwargs"):
-            if isinstance(record.get(key), dict):
-                out[key] = {k: _traincheck_value(v) for k, v in record[key].items()}
+            values = record.get(key)
+            if type(values) is dict:
+                for k, v in values.items():
+                    values[k] = _traincheck_value(v)
         if "return_values" in record:
-            out["return_values"] = _traincheck_value(record["return_values"])
-        return out
+            record["return_values"] = _traincheck_value(record["return_values"])
+        return record
 
     def state(self, record: dict) -> dict:
-        pid = record.get("process_id")
-        out = dict(record)
-        out["process_id"] = self.process(pid)
-        out["thread_id"] = self.thread(pid, record.get("thread_id"))
+        stable, thread, _, _ = self._of(record.get("process_id"), record.get("thread_id"))
+        record["process_id"], record["thread_id"] = stable, thread
         attributes = record.get("attributes")
-        if isinstance(attributes, dict) and "nbytes" not in attributes and isinstance(attributes.get("numel"), int):
+        if type(attributes) is dict and "nbytes" not in attributes and type(attributes.get("numel")) is int:
             itemsize = _ITEMSIZE.get(attributes.get("dtype"))
             if itemsize is not None:
-                out["attributes"] = {**attributes, "itemsize": itemsize, "nbytes": itemsize * attributes["numel"]}
-        return out
+                attributes["itemsize"], attributes["nbytes"] = itemsize, itemsize * attributes["numel"]
+        return record
 
 
 _PRIMITIVE_TYPES = ("int", "float", "str", "bool", "NoneType")
@@ -152,14 +163,16 @@ def _traincheck_value(value):
     """An envelope as TrainCheck's collector writes it: a tensor's data id in its payload as `_TRAINCHECK_data_ID`;
     a list, tuple or dict of primitives as plain JSON; otherwise a dict keeps its primitive values (and a tensor
     value's data id as `_TRAINCHECK_<key>_ID`) and a list or tuple keeps nothing, as its attribute dump would."""
-    if isinstance(value, list):  # several return values
+    if type(value) is list:  # several return values
         return [_traincheck_value(v) for v in value]
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         return value
-    if len(value) == 2 and "data_id" in value:
-        (tname,) = (k for k in value if k != "data_id")
-        payload = value[tname]
-        return {tname: {**payload, DATA_ID: value["data_id"]}} if isinstance(payload, dict) else {tname: payload}
+    if len(value) == 2 and "data_id" in value:  # a tensor: its payload gets the id (in place)
+        data_id = value.pop("data_id")
+        payload = next(iter(value.values()))
+        if type(payload) is dict:
+            payload[DATA_ID] = data_id
+        return value
     if len(value) != 1:
         return value
     ((tname, payload),) = value.items()
@@ -231,7 +244,7 @@ class _Thread:
                 stats.repeated_calls_merged += 1
                 return
             if parent != record.get("parent_id"):
-                record = {**record, "parent_id": parent}
+                record["parent_id"] = parent
             self.open[call] = [len(self.held), _stage(record), record.get("function"), record.get("obj_id")]
             self.held.append(record)
             return
@@ -266,10 +279,9 @@ def _stage(record: dict):
 
 
 def _write(out, records, stats: ExportStats) -> None:
-    lines = [orjson.dumps(r) for r in records]
-    if lines:
-        out.write(b"\n".join(lines) + b"\n")
-        stats.records += len(lines)
+    for r in records:
+        out.write(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE))
+        stats.records += 1
 
 
 def export_traincheck(run_dir: str | Path | list, to: str | Path) -> ExportStats:
@@ -318,13 +330,14 @@ def export_beside(run_dir: str | Path) -> ExportStats:
 
 def _without_repeated_data(record: dict, last_data: dict, stats: ExportStats) -> dict:
     attributes = record.get("attributes")
-    if not isinstance(attributes, dict) or "data" not in attributes:
+    if type(attributes) is not dict or "data" not in attributes:
         return record
     key = (record.get("process_id"), record.get("var_name"))
     data = attributes["data"]
     if key in last_data and last_data[key] == data:
         stats.unchanged_data_dropped += 1
-        return {**record, "attributes": {k: v for k, v in attributes.items() if k != "data"}}
+        del attributes["data"]
+        return record
     last_data[key] = data
     return record
 
@@ -355,9 +368,10 @@ def _export_into(folders: list[Path], folder: Path) -> ExportStats:
             key = ("VAR" if is_state else "API", record.get("process_id"), record.get("thread_id"))
             out = files.get(key)
             if out is None:
-                out = files[key] = open(folder / f"trace_{key[0]}_{key[1]}_{key[2]}.log", "wb")
+                out = files[key] = open(folder / f"trace_{key[0]}_{key[1]}_{key[2]}.log", "wb", buffering=WRITE_BUFFER)
             if is_state:
-                _write(out, (_without_repeated_data(record, last_data, stats),), stats)
+                out.write(orjson.dumps(_without_repeated_data(record, last_data, stats), option=orjson.OPT_APPEND_NEWLINE))
+                stats.records += 1
                 continue
             thread = threads.get(key[1:])
             if thread is None:
