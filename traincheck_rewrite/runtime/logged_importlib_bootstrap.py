@@ -19,7 +19,7 @@ from types import MethodType
 
 from . import meta
 from .encode import EXC, POST, PRE
-from .lookup import BOUND, FORWARD, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
+from .lookup import BOUND, FORWARD, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
 from .values import encoded, encoded_return, number, type_name
 from .warn import warn_once
 from .writer import BATCH
@@ -57,7 +57,23 @@ def hook(site, fn):
         return fn
     if found is None:
         return fn
-    return MethodType(logged, (site, fn, found[0], found[1]))
+    info = found[0]
+    if not (info[LOGGED] or info[ROLE]):
+        return MethodType(numbered, (fn, found[1]))
+    return MethodType(logged, (site, fn, info, found[1]))
+
+
+def numbered(ctx, *args, **kwargs):
+    """A call no invariant names (`--invariants`): no records, no state checks, but its tensors get the data ids a
+    run that records everything gives them (arguments before the call, results after it, as `encoded` numbers
+    them): the engine keeps data ids as argument values, so every later id must be the full run's."""
+    fn, owner = ctx
+    if state is None or compiling():
+        return fn(*args, **kwargs)
+    _number(owner, *args, *kwargs.values())
+    result = fn(*args, **kwargs)
+    _number(result)
+    return result
 
 
 def logged(ctx, *args, **kwargs):

@@ -80,8 +80,6 @@ def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
     logged = dump_args = True
     if _select is not None:
         selected = _select.get(name)
-        if selected is None and not role:
-            return None
         # backward stays logged (without arguments): its records part one optimizer step from the next in the
         # engine's event table, which drops a function called more than twice in a row from lead/cover checking
         logged, dump_args = selected is not None or role == ROLE_BACKWARD, bool(selected)

@@ -245,8 +245,8 @@ def encoded(v) -> str:
 def number(v) -> None:
     """Give the tensors in `v` their data ids in the order `encoded(v)` would, encoding nothing. A logged call that
     keeps no record (in a step the sampling skips, or kept only for its role) numbers its tensors too, so that a
-    sampled run's ids are those of a run that records everything, whose trace the invariants were learnt from.
-    (Functions that `--invariants` leaves unhooked number nothing: tests/test_selective.py, strict xfail.)"""
+    sampled run's ids are those of a run that records everything, whose trace the invariants were learnt from
+    (functions no invariant names go through `numbered`, which does only this)."""
     t = type(v)
     if t in _tensor_types:
         _data_id(v)
