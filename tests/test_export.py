@@ -13,6 +13,7 @@ import zstandard
 
 from helpers import FIXTURES, ROOT, run_tc
 from traincheck_rewrite.trace import read_records
+from traincheck_rewrite.trace import export as export_module
 from traincheck_rewrite.trace.export import ExportError, export_traincheck
 
 PRE, POST = "function_call (pre)", "function_call (post)"
@@ -218,3 +219,36 @@ def test_a_wrapper_calling_the_function_it_wraps_is_one_call(tmp_path: Path):
     assert [(r["func_call_id"], r["type"] == PRE) for r in lines] == [
         (1, True), (4, True), (4, False), (1, False), (5, True), (6, True), (6, False), (5, False)]  # other objects: kept
     assert lines[1]["parent_id"] == 1 and stats.repeated_calls_merged == 2
+
+
+def _both_ways(monkeypatch, run: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """The export with state records in a second process and all in one, as (files, export.json without source)."""
+    out = {}
+    for name, threshold in (("parallel", 0), ("one", 1 << 60)):
+        monkeypatch.setattr(export_module, "PARALLEL_STATE_BYTES", threshold)
+        export_traincheck(run, tmp_path / name)
+        files = {p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("trace_*"))}
+        out[name] = (files, {k: v for k, v in json.loads((tmp_path / name / "export.json").read_text()).items() if k != "source"})
+    return out["parallel"], out["one"]
+
+
+def test_state_records_exported_beside_the_api_records_give_the_same_files(monkeypatch, tmp_path: Path):
+    """Large runs export their state records in a second process: the files and counts must be those of one process,
+    for a real run and for a job of several processes, one of them killed before its first flush (spill files only)."""
+    result = run_tc([str(FIXTURES / "mlp" / "config.yaml")], tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    parallel, one = _both_ways(monkeypatch, result.run_dir, tmp_path / "real")
+    assert parallel == one and any(name.startswith("trace_VAR_") for name in one[0]), sorted(one[0])
+
+    traces = tmp_path / "job" / "traces"
+    for pid, t in ((900, 10), (500, 20)):
+        calls = [api(PRE, pid * 10**9 + 1, t, process_id=pid, parent_id=None, args={"0": _envelope(3)}, kwargs={}),
+                 api(POST, pid * 10**9 + 1, t + 1, process_id=pid, return_values={"NoneType": None})]
+        write_trace(traces, f"trace_API_{pid}_1.log.zst", calls)
+        write_trace(traces, f"trace_VAR_{pid}_1.log.zst", [{**state(t + 2, 5, None), "process_id": pid}, {**state(t + 3, 5, 6), "process_id": pid}])
+    spilled = [{**state(30, 1, None), "process_id": 700}, {**state(31, 2, None), "process_id": 700}]
+    (traces / "spill_VAR_700_1.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in spilled) + b"\0" * 64)
+    parallel, one = _both_ways(monkeypatch, tmp_path / "job", tmp_path / "job_out")
+    assert parallel == one
+    assert sorted(one[0]) == ["trace_API_0_0.log", "trace_API_1_0.log", "trace_VAR_0_0.log", "trace_VAR_1_0.log", "trace_VAR_2_0.log"]
+    assert one[1]["records"] == 4 + 4 + 2 and one[1]["unchanged_data_dropped"] == 2

@@ -33,19 +33,23 @@ that no other run can satisfy):
 - state records get `itemsize` and `nbytes`, as in argument envelopes.
 
 Records are streamed: a thread's API records are held only while one of its calls is open, so memory stays bounded
-by the largest top-level call, not by the trace.
+by the largest top-level call, not by the trace. State records go to files of their own, so a run with many of them
+has them exported by a second process while this one exports the API records (the export after `tc-rewrite`'s
+run is on the user's wait; the two share only the identities, computed first).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
 
-from .reader import CHUNK, ReadStats, _is_zst, _lines_of_plain, _lines_of_zst, _load, read_records, source_key, trace_files, trace_sources
+from .reader import ReadStats, read_file, read_records, source_key, trace_sources
 
 PRE = "function_call (pre)"
 STATE = "state_change"
@@ -53,6 +57,8 @@ RUNTIME_TENSOR_METHOD = "torch.Tensor."  # what the runtime calls methods of tor
 TRAINCHECK_TENSOR_METHOD = "torch._C.TensorBase."  # what TrainCheck's collector calls them
 DATA_ID = "_TRAINCHECK_data_ID"
 WRITE_BUFFER = 1 << 20
+PARALLEL_STATE_BYTES = 256 << 10  # compressed state records worth exporting in a second process (~0.1 s to start)
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 CALL_ID_BASE = 10**9  # func_call_id = process_id * CALL_ID_BASE + n
 _ITEMSIZE = {
     "torch.float64": 8, "torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.complex128": 16,
@@ -86,6 +92,16 @@ class _Identities:
         for (pid, tid), _ in sorted(thread_starts.items(), key=lambda item: (self.processes[item[0][0]], item[1])):
             self.threads[(pid, tid)] = sum(1 for key in self.threads if key[0] == pid)
         self._ids: dict = {}  # (pid, tid) -> what _of gives
+
+    def to_json(self) -> dict:
+        return {"processes": list(self.processes.items()), "threads": [[*key, n] for key, n in self.threads.items()]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> _Identities:
+        identities = cls([])
+        identities.processes = {pid: n for pid, n in data["processes"]}
+        identities.threads = {(pid, tid): n for pid, tid, n in data["threads"]}
+        return identities
 
     def process(self, pid):
         if pid not in self.processes:  # a process whose files could not be read ahead
@@ -194,16 +210,13 @@ def _traincheck_value(value):
 
 
 def _first_records(run_dir: Path) -> list[dict]:
-    """The first record of each trace file: who wrote it, when it began, with which rank."""
+    """The first record of each trace source (a process killed before its first flush has only a spill file): who
+    wrote it, when it began, with which rank."""
     out = []
-    for path in trace_files(run_dir):
-        stats = ReadStats()
-        lines = _lines_of_zst(path, stats, CHUNK) if _is_zst(path) else _lines_of_plain(path, stats, CHUNK)
-        for line in lines:
-            record = _load(line)
-            if record is not None:
-                out.append(record)
-                break
+    for path in trace_sources(run_dir):
+        record = next(read_file(path, ReadStats()), None)
+        if record is not None:
+            out.append(record)
     return out
 
 
@@ -353,15 +366,33 @@ def _pids_apart(folders: list[Path]) -> None:
 
 
 def _export_into(folders: list[Path], folder: Path) -> ExportStats:
+    """API records here and, when there are enough of them to pay for a second process, state records in one beside
+    it (`_state_worker`): the two kinds go to different files and share nothing but the identities."""
+    _pids_apart(folders)
+    identities = _Identities([r for f in folders for r in _first_records(f)])
+    state_bytes = sum(p.stat().st_size for f in folders for p in trace_sources(f, ("VAR",)))
+    worker = _start_state_worker(folders, folder, identities) if state_bytes >= PARALLEL_STATE_BYTES else None
+    try:
+        stats = _export_kinds(folders, folder, identities, ("API",) if worker is not None else ("API", "VAR"))
+    except BaseException:
+        if worker is not None:
+            worker.kill()
+            worker.wait()
+        raise
+    if worker is not None:
+        _add(stats, _finish_state_worker(worker))
+    stats.files = sum(1 for p in folder.iterdir() if p.name.startswith("trace_"))
+    return stats
+
+
+def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, kinds: tuple[str, ...]) -> ExportStats:
     stats = ExportStats()
     read = ReadStats()
     files: dict = {}  # (kind, pid, tid) -> open file
     threads: dict = {}  # (pid, tid) -> _Thread
     last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
-    identities = _Identities([r for f in folders for r in _first_records(f)])
     try:
-        _pids_apart(folders)
-        records = (r for run_dir in folders for r in read_records(run_dir, stats=read))
+        records = (r for run_dir in folders for r in read_records(run_dir, kinds=kinds, stats=read))
         for record in records:
             is_state = record.get("type") == STATE
             record = identities.state(record) if is_state else identities.api(record)
@@ -385,6 +416,37 @@ def _export_into(folders: list[Path], folder: Path) -> ExportStats:
     for key, out in files.items():
         if os.path.getsize(out.name) == 0:  # every record of it was a dropped open call
             os.unlink(out.name)
-    stats.files = sum(1 for p in folder.iterdir() if p.name.startswith("trace_"))
     stats.truncated_files, stats.bad_lines = read.truncated_files, read.bad_lines
     return stats
+
+
+def _add(stats: ExportStats, other: ExportStats) -> None:
+    for name, value in asdict(other).items():
+        if name != "files":
+            setattr(stats, name, sorted(getattr(stats, name) + value) if isinstance(value, list) else getattr(stats, name) + value)
+
+
+def _start_state_worker(folders: list[Path], folder: Path, identities: _Identities) -> subprocess.Popen:
+    job = orjson.dumps({"folders": [str(f) for f in folders], "folder": str(folder), "identities": identities.to_json()})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from traincheck_rewrite.trace.export import _state_worker; _state_worker()", job.decode()],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
+def _finish_state_worker(worker: subprocess.Popen) -> ExportStats:
+    out, err = worker.communicate()
+    if worker.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise ExportError(f"the state records could not be exported: {lines[-1] if lines else f'exit code {worker.returncode}'}")
+    return ExportStats(**orjson.loads(out))
+
+
+def _state_worker() -> None:
+    """The second process of `_export_into`: the state records of the job given as its argument; its stats to
+    stdout."""
+    job = orjson.loads(sys.argv[1])
+    identities = _Identities.from_json(job["identities"])
+    stats = _export_kinds([Path(f) for f in job["folders"]], Path(job["folder"]), identities, ("VAR",))
+    sys.stdout.buffer.write(orjson.dumps(asdict(stats)))
