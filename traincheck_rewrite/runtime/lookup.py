@@ -70,10 +70,11 @@ def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
     """The info tuple (see the indexes above): function name, is_bound_method, can change model state, role for
     steps/stage, can change the stage by itself (the post record then looks again), gets records, records its
     arguments, the name and is_bound_method as JSON, whether the call takes the plain path (no role, no state check,
-    no stage change, records with arguments), and whether it is a module's call (`model(x)`). None for a call that
-    is neither selected (`--invariants`) nor needed by the step counter."""
-    if name in _MODULE_CALL_STEPS:
-        return None
+    no stage change, records with arguments), and whether it is a module's call (`model(x)`). None for what is no
+    API. Under `--invariants` an API no invariant names has `logged` False: with no role either, the hook only
+    numbers its tensors (`numbered`)."""
+    if name in _MODULE_CALL_STEPS or "<locals>" in name:
+        return None  # a closure made inside a library function is no API (nothing TrainCheck's collector can patch)
     role = _ROLES.get(name, 0)
     if not bound and name.startswith("torch.optim.") and "lr_scheduler" not in name and name.rsplit(".", 1)[1][:1].isupper():
         role = ROLE_NEW_OPTIMIZER
