@@ -428,7 +428,7 @@ def _add(stats: ExportStats, other: ExportStats) -> None:
 
 def _start_state_worker(folders: list[Path], folder: Path, identities: _Identities) -> subprocess.Popen:
     job = orjson.dumps({"folders": [str(f) for f in folders], "folder": str(folder), "identities": identities.to_json()})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), PACKAGE_PARENT) if p)}
     return subprocess.Popen(
         [sys.executable, "-c", "from traincheck_rewrite.trace.export import _state_worker; _state_worker()", job.decode()],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
