@@ -46,7 +46,7 @@ class _Tensor:
         return self.grad_ref is not None and self.grad_ref() is grad
 
     def changed(self, t) -> bool:
-        """Changed as its version counter, storage, grad or requires_grad tell (`by_content` says the rest)."""
+        """Changed as its version counter, storage, grad or requires_grad tell (`_by_content` tells the rest)."""
         grad = t.grad
         return (
             t._version != self.version
@@ -79,7 +79,6 @@ class _Tensor:
             self.data, self.grad = attrs["data"], attrs["grad"]
         if self.is_buffer or data_hash is not None:
             self.data_hash = data_hash if data_hash is not None else tensors.tensor_hash(t)
-
 
 
 def _by_content(candidates: list) -> list:
