@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,28 @@ def test_a_batch_hashes_each_tensor_as_it_hashes_alone(monkeypatch):
     assert tensors.hashes(items) == [tensor_hash(t) for t in items]
     monkeypatch.setattr(tensors, "GROUP_MAX_WORDS", 100)  # several batches of one dtype
     assert tensors.hashes(items) == [tensor_hash(t) for t in items]
+
+
+def test_threads_hashing_tensors_of_the_same_shapes_at_once_get_their_own_hashes():
+    """A batch's buffer is kept per list of shapes: two threads checking tensors of the same shapes (grads in one,
+    weights in another) must not read each other's copies."""
+    g = torch.Generator().manual_seed(3)
+    lists = [[torch.randn(256, 64, generator=g), torch.randn(64, generator=g)] for _ in range(2)]
+    expected = [[tensor_hash(t) for t in ts] for ts in lists]
+    wrong: list = []
+
+    def hash_many(i: int) -> None:
+        for _ in range(300):
+            got = tensors.hashes(lists[i])
+            if got != expected[i]:
+                wrong.append((i, got))
+
+    threads = [threading.Thread(target=hash_many, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, wrong[:3]
 
 
 def test_contents_written_again_are_the_tensors_contents_now():

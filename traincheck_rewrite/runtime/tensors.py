@@ -11,7 +11,9 @@ it gets alone in a few tensor operations for all instead of five for each.
 from __future__ import annotations
 
 import math
+import os
 import sys
+import threading
 
 FULL_CAP = 100_000  # elements written by `full` before the values are cut (with one warning)
 BLOCK = 64  # words: a batch places each tensor at a multiple of it, so block sums never straddle two tensors
@@ -102,18 +104,24 @@ class _Layout:
             self.weights[o : o + n] = _weights_for(n, first.device, torch.int32)
         last_blocks = [-(-(o + n) // BLOCK) - 1 for o, n in zip(offsets, words)]
         self.ends = torch.tensor(last_blocks, dtype=torch.int64, device=first.device)
+        self.lock = threading.Lock()
 
     def hashes(self, ts: list) -> list[int]:
         """The hashes of `ts` (detached, shaped as the layout's), equal to `tensor_hash` of each."""
         torch = _torch()
-        torch._foreach_copy_(self.views, ts)
-        blocks = (self.buffer.view(torch.int32) * self.weights).view(-1, BLOCK).sum(1, dtype=torch.int32)
+        with self.lock:  # the buffer is shared: two threads may hash tensors of the same shapes at once
+            torch._foreach_copy_(self.views, ts)
+            blocks = (self.buffer.view(torch.int32) * self.weights).view(-1, BLOCK).sum(1, dtype=torch.int32)
         out, before = [], 0
         for total in blocks.cumsum(0, dtype=torch.int32).index_select(0, self.ends).tolist():
             h = (total - before) & 0xFFFFFFFF  # the tensor's own sum, modulo 2**32 as the running sum wraps
             out.append(h - (1 << 32) if h >= 1 << 31 else h)
             before = total
         return out
+
+
+if hasattr(os, "register_at_fork"):  # a lock another thread held at a fork stays held in the child
+    os.register_at_fork(after_in_child=_layouts.clear)
 
 
 def _batchable(t, torch) -> bool:
