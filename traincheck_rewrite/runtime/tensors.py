@@ -61,10 +61,7 @@ def _hash_tensor(t):
             return _hash_tensor(t.to_dense())
         t = t.coalesce()
         return _hash_tensor(t.indices()) * 1_000_003 + _hash_tensor(t.values())
-    words = _word_dtypes.get(t.dtype)
-    if words is None:
-        words = _word_dtypes[t.dtype] = t.element_size() in (4, 8) and not t.is_complex() and t.dtype != torch.bool
-    if words and t.is_contiguous():  # the common case, in fewer tensor operations
+    if _in_words(t, torch) and t.is_contiguous():  # the common case, in fewer tensor operations
         bits = t.reshape(-1).view(torch.int32)
         return (bits * _weights_for(bits.numel(), bits.device, torch.int32)).sum(dtype=torch.int32).to(torch.int64)
     if t.numel() == 0:
@@ -124,11 +121,16 @@ if hasattr(os, "register_at_fork"):  # a lock another thread held at a fork stay
     os.register_at_fork(after_in_child=_layouts.clear)
 
 
-def _batchable(t, torch) -> bool:
+def _in_words(t, torch) -> bool:
+    """Whether the tensor's elements are hashed as 32-bit words (4 or 8 bytes, real)."""
     words = _word_dtypes.get(t.dtype)
     if words is None:
         words = _word_dtypes[t.dtype] = t.element_size() in (4, 8) and not t.is_complex() and t.dtype != torch.bool
-    return words and t.layout is torch.strided and 0 < t.numel() * (t.element_size() // 4) <= BATCH_MAX_WORDS
+    return words
+
+
+def _batchable(t, torch) -> bool:
+    return t.layout is torch.strided and _in_words(t, torch) and 0 < t.numel() * (t.element_size() // 4) <= BATCH_MAX_WORDS
 
 
 def hashes(items: list) -> list[int]:

@@ -194,22 +194,20 @@ class Tracker:
     def _write_changed(self, compare, mode: str, dump_loc: str, emit) -> None:
         """Write the tensors that changed by their counters, or by content among those `compare` selects (whose hash
         was kept), in tracking order."""
-        changed, candidates = [], []
+        pairs, candidates = [], []
         for entry in self.tensors.values():
             t = entry.ref()
             if t is None:
                 continue
             if entry.changed(t):
-                changed.append((entry, t))
+                pairs.append((entry, t))
             elif entry.data_hash is not None and compare(entry, t):
+                pairs.append((entry, t))
                 candidates.append((entry, t))
         if candidates:
-            found = {id(entry) for entry, _ in _by_content(candidates)}
-            if found:
-                order = {id(entry): i for i, entry in enumerate(self.tensors.values())}
-                changed += [pair for pair in candidates if id(pair[0]) in found]
-                changed.sort(key=lambda pair: order[id(pair[0])])
-        self._write(changed, mode, dump_loc, emit)
+            same = {id(entry) for entry, _ in candidates} - {id(entry) for entry, _ in _by_content(candidates)}
+            pairs = [pair for pair in pairs if id(pair[0]) not in same]
+        self._write(pairs, mode, dump_loc, emit)
 
     def snapshot(self, dump_loc: str, emit) -> None:
         """Sampler style: every tracked tensor, changed or not."""

@@ -401,8 +401,7 @@ def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, ki
             if out is None:
                 out = files[key] = open(folder / f"trace_{key[0]}_{key[1]}_{key[2]}.log", "wb", buffering=WRITE_BUFFER)
             if is_state:
-                out.write(orjson.dumps(_without_repeated_data(record, last_data, stats), option=orjson.OPT_APPEND_NEWLINE))
-                stats.records += 1
+                _write(out, (_without_repeated_data(record, last_data, stats),), stats)
                 continue
             thread = threads.get(key[1:])
             if thread is None:
