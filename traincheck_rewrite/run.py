@@ -29,6 +29,7 @@ from .rewrite import Bindings, RewriteError, SiteTable
 from .runtime import codecache
 from .shscript import replace_script_words
 from .trace.export import ExportError, export_beside
+from .trace.live import LiveExport
 from .trace.reader import decompressed_chunks
 from .trace.recover import seal
 
@@ -396,14 +397,22 @@ def _report_unserved(selection, config: Config, run_dir: Path) -> None:
         _say(f"warning: {count} invariants name APIs this run never logged{hint}: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
 
 
-def _plain_traces(run_dir: Path) -> dict:
-    """TrainCheck's engine reads plain `trace_*` files from the folder it is given (`traincheck-check -f RUN`)."""
+def _plain_traces(run_dir: Path, live: LiveExport | None, sealed: bool) -> dict:
+    """TrainCheck's engine reads plain `trace_*` files from the folder it is given (`traincheck-check -f RUN`): made
+    while the program ran (live.py) or, when that could not be, now."""
     try:
-        stats = export_beside(run_dir)
+        stats = live.finish(sealed) if live is not None else None
+        made_live = stats is not None
+        if stats is None:
+            stats = export_beside(run_dir)
     except (OSError, ExportError) as exc:
         _say(f"warning: the plain traces for TrainCheck's engine could not be written ({exc}); 'tc-rewrite trace export' writes them")
         return {"written": False, "error": str(exc)}
-    return {"written": True, "files": stats.files, "records": stats.records, "dropped_open_calls": stats.dropped_open_calls}
+    out = {"written": True, "files": stats.files, "records": stats.records, "dropped_open_calls": stats.dropped_open_calls,
+           "while_running": made_live}
+    if live is not None and not made_live:
+        out["why_after"] = live.failed
+    return out
 
 
 def collect(config: Config, *, summary: bool = False) -> int:
@@ -454,6 +463,9 @@ def collect(config: Config, *, summary: bool = False) -> int:
     if config.only_instr:
         return 0
     (run_dir / "traces").mkdir(exist_ok=True)
+    live = LiveExport(run_dir) if config.plain_traces else None
+    if live is not None:
+        live.start()
     started = time.time()
     info["started"] = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
     _write_json(run_dir / "run.json", info)
@@ -468,7 +480,7 @@ def collect(config: Config, *, summary: bool = False) -> int:
     if incomplete:
         _say("warning: the trace is incomplete: a trace file could not be written (see the program's warning)")
     if config.plain_traces:
-        info["plain_traces"] = _plain_traces(run_dir)
+        info["plain_traces"] = _plain_traces(run_dir, live, recovered["sealed_files"] > 0)
     info.update(
         status="finished",
         trace_complete=not incomplete,

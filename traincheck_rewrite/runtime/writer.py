@@ -8,7 +8,9 @@ SIGKILL loses at most the records of the training step in progress, or of the la
 The frame is closed at about 1 MiB of JSON, so a damaged byte costs at most one frame.
 
 While the step counter holds a thread's records (steps.py), they are written as usual but kept: when the training
-loop becomes known, the file is cut back to where holding began and they are written again, relabelled.
+loop becomes known, the file is cut back to where holding began and they are written again, relabelled. Meanwhile a
+marker beside the file (`.held_<file name>`, holding that offset) tells a reader following the file as it grows
+(trace/live.py) that the bytes after it may still change.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ _DUMPS = orjson.dumps
 
 def trace_name(kind: str, pid: int, tid: int) -> str:
     return f"trace_{kind}_{pid}_{tid}.log.zst"
+
+
+def held_marker(trace_path: str) -> str:
+    """The file that exists while the bytes of `trace_path` after the offset it holds may still be rewritten."""
+    folder, name = os.path.split(trace_path)
+    return os.path.join(folder, f".held_{name}")
 
 
 class TraceWriter:
@@ -111,6 +119,7 @@ class TraceWriter:
                 return
             self.held, self.hold_time = [], self.last_time
             self.hold_offset = os.lseek(self.fd, 0, os.SEEK_END) if self.fd >= 0 else 0
+            self._mark_held(True)
 
     def release(self, since: int | None) -> int:
         """Stop holding; with `since`, the records from that time on (written or waiting) get `relabelled` meta: the
@@ -119,25 +128,42 @@ class TraceWriter:
             held, self.held = self.held, None
             if held is None or self.failed:
                 return 0
-            records = self.records
-            n = len(records)
-            count = len(held) + n
-            if since is None or not ((held and held[-1][2] >= since) or (n and records[n - 1][2] >= since)):
-                return count
-            self.flushing = threading.get_ident()
             try:
-                data, last = encode(held + records[:n], self.pid, self.tid, self.hold_time, since)
-                self.frame = None
-                if self.fd >= 0:
-                    os.ftruncate(self.fd, self.hold_offset)
-                self._compress(data)
-                self.last_time = last
-                del records[:n]
-            except Exception as exc:
-                self._fail(exc)
+                return self._release(held, since)
             finally:
-                self.flushing = 0
+                self._mark_held(False)  # after the rewrite: what the file holds now stays
+
+    def _release(self, held: list, since: int | None) -> int:
+        records = self.records
+        n = len(records)
+        count = len(held) + n
+        if since is None or not ((held and held[-1][2] >= since) or (n and records[n - 1][2] >= since)):
             return count
+        self.flushing = threading.get_ident()
+        try:
+            data, last = encode(held + records[:n], self.pid, self.tid, self.hold_time, since)
+            self.frame = None
+            if self.fd >= 0:
+                os.ftruncate(self.fd, self.hold_offset)
+            self._compress(data)
+            self.last_time = last
+            del records[:n]
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self.flushing = 0
+        return count
+
+    def _mark_held(self, held: bool) -> None:
+        marker = held_marker(self.path)
+        try:
+            if held:
+                with open(marker, "w") as f:
+                    f.write(str(self.hold_offset))
+            else:
+                os.unlink(marker)
+        except OSError:  # the marker only helps a live reader, which reads the whole file after the run anyway
+            pass
 
     def _compress(self, payload: bytes, close_frame: bool = False) -> None:
         if self.frame is None:
@@ -175,8 +201,10 @@ class TraceWriter:
     def close(self) -> None:
         """Write what waits and close the frame and the file (held records stay as written)."""
         with self.lock:
-            self.held = None
+            was_held, self.held = self.held is not None, None
             self._write_waiting(close_frame=True)
+            if was_held:
+                self._mark_held(False)
             self.closed = True
             if self.fd >= 0:
                 os.close(self.fd)

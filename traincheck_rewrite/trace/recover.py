@@ -79,6 +79,8 @@ def seal(run_dir: str | Path) -> dict:
         if not _spill_for(trace).exists() and _is_torn(trace):
             _rewrite(trace, _complete_lines(trace))
             done["sealed_files"] += 1
+    for marker in folder.glob(".held_trace_*"):  # left by a writer killed while holding (runtime/writer.py)
+        marker.unlink()
     return done
 
 
