@@ -8,9 +8,11 @@ stamp="$venv/.tc-installed"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+# the C speedups (setup.py) are built in place by the editable install: again whenever their source changes
+speedups="$root/traincheck_rewrite/runtime/_speedups.c"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ] || [ "$speedups" -nt "$stamp" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$root[test]" "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-  "$venv/bin/python" -c "import torch, libcst, zstandard, traincheck_rewrite" 
+  "$venv/bin/python" -c "import torch, libcst, zstandard, traincheck_rewrite.runtime._speedups"
   touch "$stamp"
 fi

@@ -64,8 +64,9 @@ def _shared_tensor_envelope(v) -> dict:
     return env
 
 
-def _data_id(v) -> int | None:
-    """The order of appearance of the tensor's storage; None for a tensor without one (sparse)."""
+def _data_id_in_python(v) -> int | None:
+    """The order of appearance of the tensor's storage; None for a tensor without one (sparse). `_data_id` is this,
+    or the same in C."""
     try:
         storage = v.untyped_storage()  # one Python object per storage, as long as the storage lives
     except (RuntimeError, NotImplementedError):
@@ -214,6 +215,15 @@ def _with_data_id(shared: str, v) -> str:
     return shared if data_id is None else f'{shared[:-1]},"data_id":{data_id}}}'
 
 
+def _tensor_text_in_python(v) -> str:
+    """A tensor of a kind met before: its shared envelope with its data id. `_tensor_text` is this, or the same in
+    C."""
+    key = (type(v), v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
+    data = _tensor_json.get(key)
+    return _with_data_id(data, v) if data is not None else _tensor_encoded(v)
+
+
+_data_id, _tensor_text = _data_id_in_python, _tensor_text_in_python
 _NONE_JSON, _TRUE_JSON, _FALSE_JSON = '{"NoneType":null}', '{"bool":true}', '{"bool":false}'
 _TEXT_ENCODERS = {
     type(None): lambda v: _NONE_JSON,
@@ -228,9 +238,7 @@ def encoded(v) -> str:
     attribute reads and one look-up per call), and shared."""
     t = type(v)
     if t in _tensor_types:
-        key = (t, v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
-        data = _tensor_json.get(key)
-        return _with_data_id(data, v) if data is not None else _tensor_encoded(v)
+        return _tensor_text(v)
     encode = _TEXT_ENCODERS.get(type(v))
     if encode is not None:
         return encode(v)
@@ -271,3 +279,13 @@ def encoded_return(v) -> str:
     if type(v) is tuple:
         return "[" + ",".join([encoded(x) for x in v[:MAX_ITEMS]]) + "]"
     return encoded(v)
+
+
+try:
+    from . import _speedups
+except ImportError:  # not built: the Python code above runs
+    pass
+else:  # the same results from the same caches (tests/test_speedups.py)
+    _speedups.configure_values(_tensor_json, _tensor_encoded, _data_ids)
+    _data_id = _speedups.data_id
+    _tensor_text = _speedups.tensor_text

@@ -1,0 +1,127 @@
+"""The recorder's C speedups (runtime/_speedups.c) give exactly what their Python reference gives: record batches
+encoded byte for byte alike (hand-made edge cases, and every batch of a real training run), tensor envelopes as
+JSON text equal to the envelope dicts with the same data ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from helpers import FIXTURES, ROOT, run_tc
+from traincheck_rewrite.runtime import _speedups, encode, values  # _speedups: scripts/venv.sh builds it
+from traincheck_rewrite.runtime.lookup import _info
+
+PRE, POST, EXC, DICT = encode.PRE, encode.POST, encode.EXC, encode.DICT
+
+
+def _both(records: list, since: int | None = None, last_time: int = 0) -> tuple:
+    python = encode.encode_in_python([*records], 41, 7, last_time, since)
+    c = _speedups.encode([*records], 41, 7, last_time, since)
+    return python, c
+
+
+def test_encode_in_c_equals_python_on_every_kind_of_record():
+    info = _info("torch.nn.functional.linear", False)
+    bound = _info("torch.nn.modules.linear.Linear.forward", True)
+    meta = {"step": 0, "stage": "init", "note": "naïve ✓"}
+    other = {"step": 3, "stage": "training"}
+    t = time.monotonic_ns()
+    records = [
+        (PRE, 1, t, meta, info, 12, None, None, ('{"int":1}', '{"str":"é"}'), None, ()),
+        (PRE, 2, t, meta, bound, "torch/nn/modules/linear.py:125", 2**62, 1, (), {"bias": '{"bool":true}', "naïve": "{}"}, (["model", "fc"],)),
+        (POST, 2, t, meta, bound, 1, '{"torch.Tensor":{"shape":[2]},"data_id":4}'),
+        (EXC, 1, t - 5, other, info, None, "ValueError", 'bad "value"\n\u2028'),  # time goes back: made increasing
+        (DICT, None, t + 9, other, {"type": "state_change", "var_name": "w", "attributes": {"data": -5}}),
+        (DICT, None, t + 10, None, {"type": "finished", "time": 1}),
+        (DICT, None, t + 11, meta, {"type": "state_change", "bad": object()}),  # cannot be encoded: skipped, warned
+        (PRE, 3, t + 12, other, info, 0, -1, 2, tuple(f'{{"int":{i}}}' for i in range(20)), {}, ()),
+    ]
+    python, c = _both(records)
+    assert python == c
+    lines = python[0].splitlines()
+    assert len(lines) == len(records) - 1 and all(isinstance(orjson.loads(line), dict) for line in lines)
+    relabel_python, relabel_c = _both(records, since=t)
+    assert relabel_python == relabel_c and b'"stage":"training"' in relabel_c[0].split(b"\n")[0]
+    assert _both([], last_time=5) == ((b"", 5), (b"", 5))
+
+
+def test_encode_in_c_refuses_what_is_no_record_batch():
+    with pytest.raises(TypeError):
+        _speedups.encode(["not a tuple"], 1, 1, 0, None)
+    with pytest.raises(TypeError):
+        _speedups.encode([(PRE, 1, 5, {}, _info("torch.f", False), 1, None, None, ["not", "a tuple"], None, ())], 1, 1, 0, None)
+
+
+_PROBE = """
+import runpy, sys
+from traincheck_rewrite.runtime import encode, writer
+counts = {"batches": 0, "differ": 0, "records": 0}
+def both(records, pid, tid, last_time, since=None):
+    python = encode.encode_in_python(records, pid, tid, last_time, since)
+    c = encode._c_encode(records, pid, tid, last_time, since)
+    counts["batches"] += 1
+    counts["records"] += len(records)
+    counts["differ"] += python != c
+    return c
+writer.encode = both
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+finally:
+    from traincheck_rewrite.runtime import recorder
+    recorder.flush_all(close=True)
+    print("COUNTS", counts, file=sys.stderr)
+"""
+
+
+def test_every_batch_of_a_real_run_encodes_alike_in_c_and_python(tmp_path: Path):
+    made = run_tc([str(FIXTURES / "mlp" / "config.yaml"), "--only-instr"], tmp_path / "run", cwd=FIXTURES / "mlp")
+    assert made.returncode == 0, made.stderr
+    env = {"PYTHONPATH": str(ROOT), "TC_REWRITE_RUN_DIR": str(made.run_dir), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(made.run_dir / "train.py")], cwd=FIXTURES / "mlp",
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = eval(proc.stderr.rsplit("COUNTS", 1)[1])
+    assert counts["batches"] >= 3 and counts["records"] > 500 and counts["differ"] == 0, counts
+
+
+def _envelope_with_id(t) -> dict:
+    shared = values._shared_tensor_envelope(t)
+    data_id = values._data_id(t)
+    return shared if data_id is None else {**shared, "data_id": data_id}
+
+
+def test_a_tensors_text_is_its_envelope_with_its_data_id_alike_in_c_and_python():
+    base = torch.ones(3, 4)
+    param = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    nonleaf = (param * 2).sum()
+    cases = [base, base[1], base.t(), param, nonleaf, torch.arange(5), torch.ones(2, dtype=torch.bool),
+             torch.ones(2, 2).to_sparse(), torch.tensor(1.5)]  # fmt: skip
+    for t in cases:
+        values.encoded(t)  # its kind is known from now on
+        text = _speedups.tensor_text(t)
+        assert text == values._tensor_text_in_python(t)  # one data id table: the same id either way
+        assert orjson.loads(text) == orjson.loads(orjson.dumps(_envelope_with_id(t))), t
+    ids = [orjson.loads(_speedups.tensor_text(t)).get("data_id") for t in (base, base[1], base.t(), param)]
+    assert ids[0] == ids[1] == ids[2] != ids[3]  # views share their storage's id; another tensor has its own
+    assert "data_id" not in orjson.loads(_speedups.tensor_text(cases[7]))  # sparse: no storage
+
+
+@pytest.mark.parametrize("data_id", [values._data_id_in_python, _speedups.data_id], ids=["python", "c"])
+def test_a_storage_keeps_its_id_while_it_lives_and_a_new_one_gets_a_new_id(data_id):
+    a = torch.ones(4)
+    first = data_id(a)
+    assert data_id(a.view(2, 2)) == first and data_id(a) == first
+    seen = {first}
+    for _ in range(50):  # storages die and their addresses are reused: each new one is new
+        b = torch.zeros(4)
+        n = data_id(b)
+        assert n not in seen
+        seen.add(n)
+        del b
+    assert data_id(a) == first
