@@ -22,6 +22,7 @@ GROUP_MAX_WORDS = 1 << 22  # words hashed in one batch (the batch's buffers are 
 _weights: dict = {}  # (numel, device, dtype) -> weights
 _layouts: dict = {}  # (device, dtype, shapes) -> _Layout
 _word_dtypes: dict = {}  # dtype -> whether its elements are hashed as 32-bit words (4 or 8 bytes, real)
+_fixed: dict = {}  # (dtype, shape, device) -> the attributes of a state record they fix
 
 
 def _torch():
@@ -221,15 +222,21 @@ def attributes_batch(items: list, fmt: str, warn, known: list | None = None) -> 
     out, pending = [], []  # pending: (attrs dict, key, tensor to hash)
     for i, t in enumerate(items):
         grad = t.grad
+        key = (t.dtype, t.shape, t.device)
+        fixed = _fixed.get(key)
+        if fixed is None:
+            if len(_fixed) > 4096:
+                _fixed.clear()
+            fixed = _fixed[key] = (str(t.dtype), tuple(t.shape), str(t.device), t.ndim, t.numel(), t.is_cpu)
         attrs = {
-            "dtype": str(t.dtype),
-            "shape": list(t.shape),
-            "device": str(t.device),
+            "dtype": fixed[0],
+            "shape": fixed[1],  # a tuple, written as a JSON array: shared by the records of tensors alike
+            "device": fixed[2],
             "requires_grad": t.requires_grad,
             "is_leaf": t.is_leaf,
-            "ndim": t.ndim,
-            "numel": t.numel(),
-            "is_cpu": t.is_cpu,
+            "ndim": fixed[3],
+            "numel": fixed[4],
+            "is_cpu": fixed[5],
             "data": None,
             "grad": None,
         }

@@ -46,15 +46,20 @@ class _Tensor:
         return self.grad_ref is not None and self.grad_ref() is grad
 
     def changed(self, t) -> bool:
-        """Changed as its version counter, storage, grad or requires_grad tell (`_by_content` tells the rest)."""
+        """Changed as its version counter, storage, grad or requires_grad tell (`_by_content` tells the rest). Every
+        check asks this of every tracked tensor: the cheap reads come first, and nothing is called that need not be."""
+        if t._version != self.version or t.requires_grad != self.requires_grad:  # requires_grad_(): a stage (un)frozen
+            return True
         grad = t.grad
-        return (
-            t._version != self.version
-            or _storage(t) != self.data_ptr  # `p.data = other` keeps the version counter
-            or not self._same_grad(grad)
-            or (grad is not None and grad._version != self.grad_version)
-            or t.requires_grad != self.requires_grad  # a stage frozen or unfrozen: requires_grad_() changes nothing else
-        )
+        if grad is None:
+            if self.grad_ref is not None:
+                return True
+        elif self.grad_ref is None or self.grad_ref() is not grad or grad._version != self.grad_version:
+            return True
+        try:
+            return t.data_ptr() != self.data_ptr  # `p.data = other` keeps the version counter
+        except RuntimeError:  # no storage (sparse)
+            return self.data_ptr is not None
 
     def known(self, t) -> tuple:
         """The (data, grad) contents written last time that still hold (same version and storage; for grad, the same
@@ -183,7 +188,7 @@ class Tracker:
         content too when `hash_buffers`: around the tracked model's forward)."""
         if self.changed_structure:
             self._rewalk()
-        self._write_changed(lambda entry, t: hash_buffers and entry.is_buffer, "update", dump_loc, emit)
+        self._write_changed((lambda entry, t: entry.is_buffer) if hash_buffers else None, "update", dump_loc, emit)
 
     def check_stepped(self, dump_loc: str, emit, params) -> None:
         """`check` after an optimizer step: the parameters it holds are also compared by content, since fused
@@ -192,8 +197,8 @@ class Tracker:
         self._write_changed(lambda entry, t: id(t) in stepped, "update", dump_loc, emit)
 
     def _write_changed(self, compare, mode: str, dump_loc: str, emit) -> None:
-        """Write the tensors that changed by their counters, or by content among those `compare` selects (whose hash
-        was kept), in tracking order."""
+        """Write the tensors that changed by their counters, or by content among those `compare` (if any) selects
+        (whose hash was kept), in tracking order."""
         pairs, candidates = [], []
         for entry in self.tensors.values():
             t = entry.ref()
@@ -201,7 +206,7 @@ class Tracker:
                 continue
             if entry.changed(t):
                 pairs.append((entry, t))
-            elif entry.data_hash is not None and compare(entry, t):
+            elif compare is not None and entry.data_hash is not None and compare(entry, t):
                 pairs.append((entry, t))
                 candidates.append((entry, t))
         if candidates:
