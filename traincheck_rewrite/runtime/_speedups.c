@@ -104,23 +104,23 @@ static int put_json(Buffer *b, PyObject *v) {
     return rc;
 }
 
-/* The meta variables' JSON, once per distinct dict of a batch (records keep their dicts alive meanwhile). */
-static PyObject *meta_json(PyObject *cache, PyObject *meta) {
+/* fn(meta), once per distinct meta dict of a batch (by identity: the records keep their dicts alive meanwhile). */
+static PyObject *per_meta(PyObject *cache, PyObject *fn, PyObject *meta) {
     PyObject *key = PyLong_FromVoidPtr(meta);
     if (key == NULL)
         return NULL;
-    PyObject *text = PyDict_GetItemWithError(cache, key);
-    if (text != NULL) {
+    PyObject *value = PyDict_GetItemWithError(cache, key);
+    if (value != NULL) {
         Py_DECREF(key);
-        return Py_NewRef(text);
+        return Py_NewRef(value);
     }
-    if (PyErr_Occurred() || (text = PyObject_CallOneArg(json_text, meta)) == NULL || PyDict_SetItem(cache, key, text) < 0) {
-        Py_XDECREF(text);
+    if (PyErr_Occurred() || (value = PyObject_CallOneArg(fn, meta)) == NULL || PyDict_SetItem(cache, key, value) < 0) {
+        Py_XDECREF(value);
         Py_DECREF(key);
         return NULL;
     }
     Py_DECREF(key);
-    return text;
+    return value;
 }
 
 static int put_head(Buffer *b, const char *type, Py_ssize_t type_len, long long base, PyObject *n, long long t) {
@@ -220,25 +220,6 @@ static int put_exc(Buffer *b, PyObject *r, long long base, long long t, long lon
     return PUT_LITERAL(b, "}\n");
 }
 
-/* The meta dict of a record made from `since` on: relabelled once per distinct dict. */
-static PyObject *moved_meta(PyObject *moved, PyObject *meta) {
-    PyObject *key = PyLong_FromVoidPtr(meta);
-    if (key == NULL)
-        return NULL;
-    PyObject *new = PyDict_GetItemWithError(moved, key);
-    if (new != NULL) {
-        Py_DECREF(key);
-        return Py_NewRef(new);
-    }
-    if (PyErr_Occurred() || (new = PyObject_CallOneArg(relabelled, meta)) == NULL || PyDict_SetItem(moved, key, new) < 0) {
-        Py_XDECREF(new);
-        Py_DECREF(key);
-        return NULL;
-    }
-    Py_DECREF(key);
-    return new;
-}
-
 static PyObject *encode(PyObject *self, PyObject *args) {
     PyObject *records, *since_obj;
     long long pid, tid, last_time;
@@ -271,7 +252,7 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         PyObject *meta = PyTuple_GET_ITEM(r, 3);
         PyObject *owned = NULL;
         if (relabel && t >= since && meta != Py_None) {
-            if ((owned = moved_meta(moved, meta)) == NULL)
+            if ((owned = per_meta(moved, relabelled, meta)) == NULL) /* made from `since` on: relabelled */
                 goto done;
             meta = owned;
         }
@@ -289,7 +270,7 @@ static PyObject *encode(PyObject *self, PyObject *args) {
             if (meta == last_meta) {
                 text = Py_NewRef(last_json);
             } else {
-                text = meta_json(metas, meta);
+                text = per_meta(metas, json_text, meta);
                 last_meta = meta, last_json = text; /* kept alive by the metas cache */
             }
             if (text == NULL) {
