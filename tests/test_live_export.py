@@ -21,7 +21,18 @@ PRE, POST = "function_call (pre)", "function_call (post)"
 
 
 def _plain_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("trace_*.log"))}
+    """The plain trace files' records, byte for byte, without the progress marks of the live export (checked here:
+    only `time`, increasing, and the file's last line the end mark)."""
+    files = {}
+    for path in sorted(folder.glob("trace_*.log")):
+        lines = path.read_bytes().splitlines(keepends=True)
+        marks = [orjson.loads(line) for line in lines if b'"type"' not in line]
+        assert all(set(m) <= {"time", "end_of_trace"} for m in marks), marks
+        if marks:
+            assert marks[-1].get("end_of_trace") and orjson.loads(lines[-1]) == marks[-1], path.name
+            assert [m["time"] for m in marks] == sorted(m["time"] for m in marks)
+        files[path.name] = b"".join(line for line in lines if b'"type"' in line)
+    return files
 
 
 @pytest.mark.parametrize("fixture", ["mlp", "threads", "dataloader"])
@@ -37,12 +48,14 @@ def test_plain_traces_made_while_the_program_runs_are_the_export_after_it(fixtur
     assert not list((result.run_dir).glob(".plain_traces*"))  # nothing staged is left behind
 
 
-def test_a_killed_program_gets_the_export_after_its_trace_is_mended(tmp_path: Path):
+def test_a_killed_programs_torn_files_are_read_to_what_seal_keeps(tmp_path: Path):
+    """SIGKILL leaves the file torn; the live export reads it to its last whole line, which is what seal() keeps and
+    the export after the run reads."""
     result = run_tc([str(FIXTURES / "crash_step7" / "config.yaml")], tmp_path / "run", cwd=FIXTURES / "crash_step7")
     assert result.returncode != 0
     info = json.loads((result.run_dir / "run.json").read_text())
     assert info["records"]["sealed_files"] >= 1
-    assert info["plain_traces"]["written"] and not info["plain_traces"]["while_running"]
+    assert info["plain_traces"]["written"] and info["plain_traces"]["while_running"], info["plain_traces"]
     export_traincheck(result.run_dir, tmp_path / "after")
     assert _plain_files(result.run_dir) == _plain_files(tmp_path / "after")
 
@@ -78,9 +91,9 @@ def test_the_follower_never_reads_what_a_held_writer_may_still_rewrite(tmp_path:
     assert not Path(held_marker(writer.path)).exists()
     writer.records += _call(4, 1)
     writer.close()
-    stats = live.finish(sealed=False)
+    stats = live.finish()
     assert stats is not None, live.failed
-    lines = [orjson.loads(line) for line in (tmp_path / "run" / "trace_API_0_0.log").read_bytes().splitlines()]
+    lines = [orjson.loads(line) for line in _plain_files(tmp_path / "run")["trace_API_0_0.log"].splitlines()]
     assert [(r["func_call_id"] % 10**9, r["meta_vars"]["step"], r["meta_vars"]["stage"]) for r in lines if r["type"] == PRE] == [
         (1, 0, "init"), (2, 1, "training"), (3, 1, "training"), (4, 1, "init")]  # fmt: skip
     assert len(lines) == stats.records == len(list(read_records(tmp_path / "run")))
@@ -104,5 +117,5 @@ def test_a_guessed_identity_that_the_whole_trace_contradicts_gives_the_export_af
     _write(traces, "trace_API_500_1.log.zst", 500, 20)
     assert live.poll()  # exported as process 0
     _write(traces, "trace_API_900_1.log.zst", 900, 10)  # older: process 0 after all
-    assert live.finish(sealed=False) is None and "changed" in live.failed
+    assert live.finish() is None and "changed" in live.failed
     assert not list((tmp_path / "run").glob("trace_*.log")) and not list((tmp_path / "run").glob(".plain_traces*"))

@@ -68,10 +68,13 @@ def _opt(*decls, **kw):
 @_opt("--rewrite-frameworks/--no-rewrite-frameworks", help="Log what training frameworks call for the program [on].")
 @_opt("--log-import-time-calls", is_flag=True, help="Also log calls made while rewritten libraries are imported.")
 @_opt("--plain-traces/--no-plain-traces", help="Also write the plain traces TrainCheck's engine reads into the run folder [on].")
+@_opt("--check", is_flag=True, help="Check the invariants while the program runs, with TrainCheck's online checker.")
+@_opt("--checker", metavar="PATH", help="TrainCheck's virtualenv (or its traincheck-onlinecheck) [from PATH].")
+@_opt("--stop-on-violation", is_flag=True, help="With --check: end the program at the first violation.")
 @_opt("--meta-var", "meta_var", multiple=True, metavar="KEY=VALUE", help="A static meta variable (repeatable).")
 @_opt("--summary", is_flag=True, help="Print the trace summary after the run.")
 @click.version_option(__version__, prog_name="tc-rewrite")
-def collect_command(config_file, use_config, config_opt, summary, meta_var, no_rewrite_libraries, **flags):
+def collect_command(config_file, use_config, config_opt, summary, meta_var, no_rewrite_libraries, stop_on_violation, **flags):
     from .config import ConfigError, load_config
 
     if config_file and config_opt:
@@ -88,6 +91,8 @@ def collect_command(config_file, use_config, config_opt, summary, meta_var, no_r
         if "rewrite_libraries" in overrides:
             raise _OneLineError("give either --rewrite-libraries or --no-rewrite-libraries, not both")
         overrides["rewrite_libraries"] = []
+    if stop_on_violation:
+        overrides.update(check=True, on_violation="stop")
     if meta_var:
         overrides["meta_vars"] = dict(_key_value(item) for item in meta_var)
     script_args = click.get_current_context().meta.get("script_args")

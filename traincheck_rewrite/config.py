@@ -17,6 +17,7 @@ import yaml
 
 TRACKER_STYLES = ("proxy", "subclass", "sampler")
 TENSOR_FORMATS = ("hash", "stats", "full")
+ON_VIOLATION = ("report", "stop")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -54,6 +55,9 @@ class Config:
     rewrite_frameworks: bool = True
     log_import_time_calls: bool = False
     plain_traces: bool = True
+    check: bool = False  # TrainCheck's online checker on the run as it trains (checking.py)
+    checker: Path | None = None  # where that checker is (a virtualenv, or its traincheck-onlinecheck)
+    on_violation: str = "report"  # or "stop": end the program at the first violation
     config_path: Path | None = None
     notes: tuple[str, ...] = ()
 
@@ -63,7 +67,7 @@ class Config:
 # about 0.05-0.1x of the plain run (docs/library-depth.md, measured with each bench workload).
 DEFAULT_LIBRARIES = ("torch.nn.modules",)
 KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
-_PATH_KEYS = {"pyscript", "shscript", "output_dir"}
+_PATH_KEYS = {"pyscript", "shscript", "output_dir", "checker"}
 # Switches of traincheck-collect 0.2.0 that tune how it patches torch; accepted (flag and key), and what we do instead.
 TRAINCHECK_SWITCHES = {
     "instr_descriptors": "tensor methods (torch._C.TensorBase.*) called by the program are always logged, at its call sites",
@@ -73,7 +77,7 @@ TRAINCHECK_SWITCHES = {
     "use_torch_compile": "torch.compile needs no switch: compiled code runs unlogged and tracked models stay tracked",
 }
 _BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode", "log_import_time_calls",
-              "plain_traces", "rewrite_frameworks", *TRAINCHECK_SWITCHES}
+              "plain_traces", "rewrite_frameworks", "check", *TRAINCHECK_SWITCHES}
 _STR_LIST_KEYS = {"modules_to_instr", "models_to_track", "rewrite_libraries"}
 
 
@@ -124,8 +128,8 @@ class _Validator:
             if raw < low:
                 raise self.fail(key, f"must be at least {low}, got {raw}")
             return raw
-        if key in ("model_tracker_style", "tensor_dump_format"):
-            allowed = TRACKER_STYLES if key == "model_tracker_style" else TENSOR_FORMATS
+        if key in ("model_tracker_style", "tensor_dump_format", "on_violation"):
+            allowed = {"model_tracker_style": TRACKER_STYLES, "tensor_dump_format": TENSOR_FORMATS, "on_violation": ON_VIOLATION}[key]
             if raw not in allowed:
                 raise self.fail(key, f"expected one of {', '.join(allowed)}, got {raw!r}")
             return raw
@@ -235,6 +239,13 @@ def _check_files(config: Config) -> None:
         _check_file("shscript", config.shscript)
     for path in config.invariants:
         _check_file("invariants", path)
+    checking = config.check or config.on_violation == "stop"
+    if checking and not config.invariants:
+        raise ConfigError("check: checking while the program runs needs the invariants to check (--invariants FILE)")
+    if checking and not config.plain_traces:
+        raise ConfigError("check: the checker reads the plain traces; it cannot run with plain_traces: false")
+    if checking and config.only_instr:
+        raise ConfigError("check: nothing runs with only_instr, so there is nothing to check")
     for name in config.rewrite_libraries:
         _check_library(name, str(config.pyscript.parent))
     if config.output_dir is not None and config.output_dir.exists():  # the run folder itself, as in TrainCheck

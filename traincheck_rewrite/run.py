@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .checking import CHECK_DIR, EXIT_VIOLATED, CheckError, OnlineCheck, find_engine
 from .config import Config, ConfigError
 from .invariants import load_selection
 from .rewrite import Bindings, RewriteError, SiteTable
@@ -322,10 +323,13 @@ class _Tee:
                 pass
 
 
-def _launch(command: list[str], env: dict[str, str], run_dir: Path) -> int:
+def _launch(command: list[str], env: dict[str, str], run_dir: Path, started=None) -> int:
+    """Run the program, its output teed; `started(child)` is called once it runs (the checker's stop needs it)."""
     lock = threading.Lock()
     with open(run_dir / "program_output.txt", "wb") as log:
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+        if started is not None:
+            started(child)
 
         def forward(signum, frame):
             try:
@@ -397,17 +401,16 @@ def _report_unserved(selection, config: Config, run_dir: Path) -> None:
         _say(f"warning: {count} invariants name APIs this run never logged{hint}: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
 
 
-def _plain_traces(run_dir: Path, live: LiveExport | None, sealed: bool) -> dict:
+def _plain_traces(run_dir: Path, stats, live: LiveExport | None) -> dict:
     """TrainCheck's engine reads plain `trace_*` files from the folder it is given (`traincheck-check -f RUN`): made
-    while the program ran (live.py) or, when that could not be, now."""
+    while the program ran (`stats` of live.py) or, when that could not be, now."""
     try:
-        stats = live.finish(sealed) if live is not None else None
-        made_live = stats is not None
         if stats is None:
             stats = export_beside(run_dir)
     except (OSError, ExportError) as exc:
         _say(f"warning: the plain traces for TrainCheck's engine could not be written ({exc}); 'tc-rewrite trace export' writes them")
         return {"written": False, "error": str(exc)}
+    made_live = live is not None and live.failed is None
     out = {"written": True, "files": stats.files, "records": stats.records, "dropped_open_calls": stats.dropped_open_calls,
            "while_running": made_live}
     if live is not None and not made_live:
@@ -415,10 +418,45 @@ def _plain_traces(run_dir: Path, live: LiveExport | None, sealed: bool) -> dict:
     return out
 
 
+class _Stopper:
+    """`on_violation: stop`: the program ended at the first violation, as SIGTERM ends it (traces sealed)."""
+
+    def __init__(self, live: LiveExport) -> None:
+        self.live = live
+        self.child = None
+        self.at_step: int | None = None
+
+    def __call__(self, violation: dict) -> None:
+        if self.child is None or self.child.poll() is not None:
+            return
+        steps = self.live.last_step
+        self.at_step = steps.get(violation["rank"], max(steps.values(), default=None))
+        _say(f"stopping the program at step {self.at_step}: the first violation, at step {violation['step']}")
+        try:
+            os.killpg(self.child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _finish_check(check: OnlineCheck, stopper: _Stopper | None, trace_ended: bool, code: int, run_dir: Path) -> tuple[dict, int]:
+    """The checker's verdict for run.json, its summary line, and tc-rewrite's exit code (docs/traincheck.md)."""
+    verdict = check.finish(trace_ended)
+    verdict.stopped_at_step = stopper.at_step if stopper is not None else None
+    stopped = verdict.stopped_at_step is not None
+    first = f", the first at step {verdict.first_step}" if verdict.first_step is not None else ""
+    tail = "" if verdict.complete else " (the checker did not see the whole trace)"
+    _say(f"check: {verdict.invariants} invariants checked, {len(verdict.violated)} violated ({verdict.violations} violations{first})"
+         f"{tail}; report: {run_dir / CHECK_DIR / 'report.html'}")
+    if code != 0 and not stopped:
+        return verdict.to_json(check.engine), code
+    return verdict.to_json(check.engine), EXIT_VIOLATED if verdict.violations else code
+
+
 def collect(config: Config, *, summary: bool = False) -> int:
     try:
+        engine = find_engine(config.checker) if config.check or config.on_violation == "stop" else None
         selection = _selection(config)
-    except ConfigError as exc:
+    except (ConfigError, CheckError) as exc:
         _say(f"error: {exc}")
         return 2
     versions = {m: _distribution_version(m) for m in config.modules_to_instr}
@@ -466,21 +504,27 @@ def collect(config: Config, *, summary: bool = False) -> int:
     live = LiveExport(run_dir) if config.plain_traces else None
     if live is not None:
         live.start()
+    check = stopper = None
+    if engine is not None:
+        stopper = _Stopper(live) if config.on_violation == "stop" else None
+        check = OnlineCheck(run_dir, list(config.invariants), engine, live, on_violation=stopper)
+        check.start()
     started = time.time()
     info["started"] = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
     _write_json(run_dir / "run.json", info)
     try:
-        code = _launch(command, _environment(config, run_dir), run_dir)
+        code = _launch(command, _environment(config, run_dir), run_dir, started=stopper and (lambda child: setattr(stopper, "child", child)))
     except OSError as exc:
         _say(f"error: cannot start {command[0]}: {exc.strerror}")
         code = 127
     ended = time.time()
+    live_stats = live.finish() if live is not None else None  # before seal() rewrites the files of killed writers
     recovered = seal(run_dir)
     incomplete = (run_dir / "traces" / "INCOMPLETE").exists()
     if incomplete:
         _say("warning: the trace is incomplete: a trace file could not be written (see the program's warning)")
     if config.plain_traces:
-        info["plain_traces"] = _plain_traces(run_dir, live, recovered["sealed_files"] > 0)
+        info["plain_traces"] = _plain_traces(run_dir, live_stats, live)
     info.update(
         status="finished",
         trace_complete=not incomplete,
@@ -489,6 +533,9 @@ def collect(config: Config, *, summary: bool = False) -> int:
         exit_code=code,
         records={**count_records(run_dir / "traces"), **recovered},
     )
+    exit_code = code
+    if check is not None:
+        info["check"], exit_code = _finish_check(check, stopper, info["plain_traces"]["while_running"] is True, code, run_dir)
     _write_json(run_dir / "run.json", info)
     if selection is not None:
         _report_unserved(selection, config, run_dir)
@@ -497,4 +544,4 @@ def collect(config: Config, *, summary: bool = False) -> int:
 
         _say("trace summary:\n" + format_summary(summarize(run_dir)))
     _say(f"run folder: {run_dir} (exit code {code})")
-    return code
+    return exit_code

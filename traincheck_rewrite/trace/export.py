@@ -237,10 +237,12 @@ class ExportStats:
 
 
 class _Thread:
-    """One thread's API output: records held while a call is open, so that an unclosed call can be dropped."""
+    """One thread's API output: records held while a call is open, so that an unclosed call can be dropped; or, when
+    `stream` (the live export, trace/live.py), written at once, and a call still open at the end only counted."""
 
-    def __init__(self, out):
+    def __init__(self, out, stream: bool = False):
         self.out = out
+        self.stream = stream
         self.open: dict = {}  # func_call_id -> [index of its pre record in held, its stage, function, obj_id]
         self.held: list = []  # records (dicts, or None for a dropped pre) waiting for the outermost call to close
         self.merged: dict = {}  # func_call_id of a merged inner call -> the call it was merged into
@@ -259,7 +261,7 @@ class _Thread:
             if parent != record.get("parent_id"):
                 record["parent_id"] = parent
             self.open[call] = [len(self.held), _stage(record), record.get("function"), record.get("obj_id")]
-            self.held.append(record)
+            self._keep(record, stats)
             return
         if self.merged.pop(call, None) is not None:
             return
@@ -273,13 +275,20 @@ class _Thread:
             else:
                 meta["stage"] = opened[1]
             stats.stage_aligned_posts += 1
-        self.held.append(record)
-        if not self.open:
+        self._keep(record, stats)
+        if not self.open and not self.stream:
             self.flush(stats)
+
+    def _keep(self, record: dict, stats: ExportStats) -> None:
+        if self.stream:
+            _write(self.out, (record,), stats)
+        else:
+            self.held.append(record)
 
     def flush(self, stats: ExportStats) -> None:
         for index, *_ in self.open.values():  # still open at the end of the trace
-            self.held[index] = None
+            if not self.stream:
+                self.held[index] = None
             stats.dropped_open_calls += 1
         self.open.clear()
         _write(self.out, (r for r in self.held if r is not None), stats)

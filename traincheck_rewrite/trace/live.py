@@ -1,19 +1,29 @@
-"""LiveExport: TrainCheck's plain trace files made while the program runs, by `tc-rewrite` waiting for it.
+"""LiveExport: TrainCheck's plain trace files, in the run folder under their own names, written while the program runs.
 
-The export after the run (export.py) is on the user's wait: for a trace of 100,000 records it takes about as long as
-a tenth of a training run of a few seconds. Most of the time the program leaves a core idle, so `tc-rewrite` follows
-the trace files as they grow, on that core, and exports each record as soon as its bytes are final; after the run
-only the last records are left to do.
+TrainCheck's online checker (`traincheck-onlinecheck -f RUN`) and our `--check` read the run folder while the program
+writes it, and the export after the run (export.py) would be on the user's wait. So `tc-rewrite` follows the trace
+files as they grow, on the core the program leaves idle, and appends each record to its plain file as soon as its
+bytes are final, in whole lines (a line cut in two is lost to the checker).
 
-It is the same export, record for record (export.py's identities, open-call dropping, merging and repeated-data
-rules), made in a different order. What the live export assumes is checked at the end, and when any of it fails the
-caller runs the export after the run as before (`finish` returns None):
-- the run ended with every file whole (`seal` found nothing to mend) and wrote no `INCOMPLETE` marker;
+It is the same export, record for record (export.py's identities, merging, stage and repeated-data rules), made in a
+different order: API records are written at once (`_Thread(stream=True)`), not held until their outermost call
+closes. What the live export assumes is checked at the end; when any of it fails, the files written are removed and
+the caller runs the export after the run as before (`finish` returns None):
+- every file holds what seal() keeps of it: a file whose writer was killed is read to its last whole line (the lines
+  seal() keeps, counted), no writer spilled or wrote an `INCOMPLETE` marker, and no call was left open (the export
+  after the run drops such calls; the live files already hold their pre records);
 - the identities guessed for a file (process and thread by order of appearance of their first records; guessed once
   the file's first record is old enough that no older one can still be unwritten) are the ones the whole trace
   gives;
 - each record is in its own thread's file, and a process has at most one state file (export.py compares a tensor's
   `data` with its previous record across a process's state records).
+
+The checker checks records across files in time order: it holds every file back at the time of the last line it read
+from the slowest file, so a file that stops growing (a finished thread, a state file while nothing changes) would
+hold checking back for good. A file with nothing new for a while gets a progress mark, a line `{"time": T}` with no
+other key, promising that no record older than T will follow in it; at the end every file gets
+`{"time": T, "end_of_trace": N}` (N: how many plain files the run has), so the checker can check the last records and
+know it has read everything. TrainCheck's engine reads past such lines (no `type`, no call, no variable).
 
 Bytes a writer may still rewrite are never read: while a thread's records are held (runtime/writer.py, until the
 training loop is known), a marker `.held_<file name>` beside the file holds the offset after which the file may be
@@ -23,21 +33,28 @@ cut back. The file's size is read before the marker is looked at, so a hold that
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
 
+import orjson
 import zstandard
 
 from .export import STATE, WRITE_BUFFER, ExportStats, _add, _first_records, _Identities, _Thread, _without_repeated_data, _write
 from .reader import _load, source_key, trace_sources
+from .recover import _complete_lines
 
 POLL_S = 0.2
-# A thread's first record reaches its file at most about half a second after it is made (runtime/writer.py): a file's
-# identities are guessed once its first record is this old, when no older first record can still come to light.
-SETTLE_NS = 1_500_000_000
+# Every record made this long before a file was read is in it (a writer flushes what is half a second old, its flusher
+# looks every 0.1 s; runtime/writer.py), with a margin. Records are exported in the order the program made them
+# across all files, up to that horizon: a file that comes to light later (a new process or thread) holds nothing older
+# than what the checker has read elsewhere, and a file's identities are guessed when its first record is older, when
+# no older first record can still come to light. It is also what a progress mark promises.
+HORIZON_NS = 1_000_000_000
+MARK_EVERY_NS = 500_000_000  # an idle file's marks, at most this often
 INCOMPLETE = "INCOMPLETE"
+END_OF_TRACE = "end_of_trace"
+_NEVER = float("inf")
 
 
 class _Abandon(Exception):
@@ -52,13 +69,47 @@ def _held_limit(path: Path) -> int | None:
         return None
 
 
-def _first_of(lines: list[bytes]) -> dict | None:
-    """What the identities depend on, of the first record among `lines`."""
-    for line in lines:
-        record = _load(line)
-        if record is not None:
-            return {k: record.get(k) for k in ("process_id", "thread_id", "time", "meta_vars")}
-    return None
+def _first_of(records: list[dict]) -> dict | None:
+    """What the identities depend on, of the first of `records`."""
+    if not records:
+        return None
+    return {k: records[0].get(k) for k in ("process_id", "thread_id", "time", "meta_vars")}
+
+
+def _made_before(records: list[dict], horizon) -> int:
+    """How many of a file's `records` (in the order they were made) were made before `horizon`."""
+    for n, record in enumerate(records):
+        when = record.get("time")
+        if type(when) is int and when >= horizon:
+            return n
+    return len(records)
+
+
+class _PlainFile:
+    """A plain trace file in the run folder, appended in whole lines: made at its first line, flushed after each
+    poll, so a reader never finds half a line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = None
+        self.last_time = 0  # the time of the last line written (a record's or a mark's)
+
+    def write(self, data: bytes) -> int:
+        if self.file is None:
+            self.file = open(self.path, "wb", buffering=WRITE_BUFFER)
+        return self.file.write(data)
+
+    def mark(self, now: int, **extra) -> None:
+        self.write(orjson.dumps({"time": now, **extra}, option=orjson.OPT_APPEND_NEWLINE))
+        self.last_time = now
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class _Source:
@@ -69,21 +120,26 @@ class _Source:
         self.offset = 0  # bytes of the file read so far
         self.frame = None  # decompressor of the frame being read
         self.pending = b""  # decompressed bytes after the last newline
-        self.waiting: list[bytes] = []  # lines read, not yet exported (before the identities are guessed)
+        self.waiting: list[dict] = []  # records read, not yet exported (younger than the horizon)
         self.first: dict | None = None  # what the identities depend on, of the first record
         self.identities: _Identities | None = None  # guessed at the first record, from the first records seen then
         self.ids: tuple | None = None  # (stable process, stable thread) in that guess
-        self.out = None
+        self.out: _PlainFile | None = None
         self.thread: _Thread | None = None
         self.last_data: dict = {}
+        self.held = False  # bytes past what was read may still be rewritten
+        self.lines = 0  # lines read (records and bad lines)
+        self.torn = False  # the file ended inside a frame or a line (its writer was killed)
         self.stats = ExportStats()
 
-    def read_available(self, final: bool) -> list[bytes]:
-        """Whole lines of the final bytes written since the last call (all of the file when `final`)."""
+    def read_available(self, final: bool) -> list[dict]:
+        """The records of the final bytes written since the last call (all of the file when `final`, when a torn end
+        is dropped as seal() drops it)."""
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size  # before the marker is looked at
                 held = None if final else _held_limit(self.path)
+                self.held = held is not None
                 limit = size if held is None else min(size, held)
                 if limit <= self.offset:
                     data = b""
@@ -94,13 +150,19 @@ class _Source:
             raise _Abandon(f"{self.path.name} went away") from None
         self.offset += len(data)
         text = self._decompress(data)
-        if final and self.frame is not None:
-            raise _Abandon(f"{self.path.name} ends inside a frame")
         lines = (self.pending + text).split(b"\n")
         self.pending = lines.pop()
-        if final and self.pending:
-            raise _Abandon(f"{self.path.name} ends without a newline")
-        return lines
+        if final:
+            self.torn = self.frame is not None or bool(self.pending)
+        self.lines += len(lines)
+        records = []
+        for line in lines:
+            record = _load(line)
+            if record is None:
+                self.stats.bad_lines += 1
+            else:
+                records.append(record)
+        return records
 
     def _decompress(self, data: bytes) -> bytes:
         out = []
@@ -119,21 +181,21 @@ class _Source:
 
 
 class LiveExport:
-    """Follows `run_dir/traces` from `start()` until `finish()`; see the module docstring."""
+    """Follows `run_dir/traces` from `start()` until `finish()`; see the module docstring. `calls` maps each exported
+    call (process, func_call_id) to (site, parent_id), for reports that name the program's own line of a call."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.folder = self.run_dir / "traces"
-        self.staging = self.run_dir / f".plain_traces.live-{os.getpid()}"
         self.sources: dict[str, _Source] = {}
         self.failed: str | None = None
         self.stop = threading.Event()
         self.lock = threading.Lock()  # one poll at a time (the follower thread's, or a caller's)
         self.thread: threading.Thread | None = None
+        self.calls: dict[tuple, tuple] = {}
+        self.last_step: dict = {}  # process -> the highest `meta_vars.step` exported
 
     def start(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir()
         self.thread = threading.Thread(target=self._follow, name="tc-rewrite-live-export", daemon=True)
         self.thread.start()
 
@@ -152,6 +214,7 @@ class LiveExport:
         if self.failed is not None:
             return False
         try:
+            horizon = _NEVER if final else time.monotonic_ns() - HORIZON_NS  # taken before any file is read
             for path in self._paths():
                 source = self.sources.get(path.name)
                 if source is None:
@@ -160,21 +223,30 @@ class LiveExport:
                 source.waiting += source.read_available(final)
                 if source.first is None:
                     source.first = _first_of(source.waiting)
-            settled = time.monotonic_ns() - SETTLE_NS
             unknown = any(s.first is None and s.path.stat().st_size for s in self.sources.values())  # held from its start
             for source in self.sources.values():
                 if source.ids is None:
                     first_time = source.first["time"] if source.first is not None else None
-                    if first_time is None or not (final or (type(first_time) is int and first_time < settled and not unknown)):
+                    if first_time is None or not (final or (type(first_time) is int and first_time < horizon and not unknown)):
                         continue
                     self._begin(source)
-                lines, source.waiting = source.waiting, []
-                self._export(source, lines)
+                ready = _made_before(source.waiting, horizon)
+                records, source.waiting = source.waiting[:ready], source.waiting[ready:]
+                self._export(source, records)
+                if not final:
+                    self._mark_if_idle(source, horizon)
+                source.out.flush()
         except _Abandon as exc:
             self.failed = str(exc)
         except Exception as exc:  # a bug of ours must not cost the export: the export after the run is made instead
             self.failed = f"{type(exc).__name__}: {exc}"
         return self.failed is None
+
+    def _mark_if_idle(self, source: _Source, horizon: int) -> None:
+        """A progress mark in a file that has had nothing new for a while, so that the checker reading it does not
+        hold the other files back at its last record (see the module docstring)."""
+        if not source.held and source.out.file is not None and source.out.last_time < horizon - MARK_EVERY_NS:
+            source.out.mark(horizon)
 
     def _paths(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -186,23 +258,29 @@ class LiveExport:
             raise _Abandon("spill files")
         return paths
 
-    def _export(self, source: _Source, lines: list[bytes]) -> None:
-        for line in lines:
-            record = _load(line)
-            if record is None:
-                source.stats.bad_lines += 1
-                continue
+    def _export(self, source: _Source, records: list[dict]) -> None:
+        out = source.out
+        for record in records:
             if record.get("process_id") != source.pid or record.get("thread_id") != source.tid:
                 raise _Abandon(f"{source.path.name} holds another thread's record")
+            when = record.get("time")
+            if type(when) is int and when > out.last_time:
+                out.last_time = when
             if source.kind == "VAR":
                 if record.get("type") != STATE:
                     raise _Abandon(f"{source.path.name} holds an API record")
                 source.identities.state(record)
-                _write(source.out, (_without_repeated_data(record, source.last_data, source.stats),), source.stats)
+                _write(out, (_without_repeated_data(record, source.last_data, source.stats),), source.stats)
             else:
                 if record.get("type") == STATE:
                     raise _Abandon(f"{source.path.name} holds a state record")
-                source.thread.add(source.identities.api(record), source.stats)
+                record = source.identities.api(record)
+                if record.get("type") == "function_call (pre)":
+                    self.calls[(record["process_id"], record.get("func_call_id"))] = (record.get("site"), record.get("parent_id"))
+                source.thread.add(record, source.stats)
+            step = (record.get("meta_vars") or {}).get("step")
+            if type(step) is int and step > self.last_step.get(source.ids[0], -1):
+                self.last_step[source.ids[0]] = step
 
     def _begin(self, source: _Source) -> None:
         """The identities of a file, guessed from the first records seen so far (checked in `finish`)."""
@@ -210,30 +288,38 @@ class LiveExport:
         source.ids = (identities.process(source.pid), identities.thread(source.pid, source.tid))
         if source.kind == "VAR" and any(s.kind == "VAR" and s.pid == source.pid and s is not source and s.first for s in self.sources.values()):
             raise _Abandon("a process with two state files")
-        name = f"trace_{source.kind}_{source.ids[0]}_{source.ids[1]}.log"
-        source.out = open(self.staging / name, "wb", buffering=WRITE_BUFFER)
+        source.out = _PlainFile(self.run_dir / f"trace_{source.kind}_{source.ids[0]}_{source.ids[1]}.log")
         if source.kind == "API":
-            source.thread = _Thread(source.out)
+            source.thread = _Thread(source.out, stream=True)
 
-    def finish(self, sealed: bool) -> ExportStats | None:
-        """After the program ended: the rest of every file, then the plain files moved into the run folder, with the
-        export's statistics; None (and nothing moved) when an assumption failed (`failed` says which)."""
+    def finish(self) -> ExportStats | None:
+        """After the program ended, before seal() mends its files: the rest of every file, and the end marks; the
+        export's statistics, or None (and no plain file left) when an assumption failed (`failed` says which)."""
         self.stop.set()
         if self.thread is not None:
             self.thread.join()
         try:
-            if sealed:
-                self.failed = self.failed or "a trace file was mended after the run"
             if self.poll(final=True):
-                return self._complete()
-            return None
+                self._check_torn()
+                stats = self._complete()
+                if stats is not None:
+                    return stats
         finally:
             for source in self.sources.values():
                 if source.out is not None:
                     source.out.close()
-            shutil.rmtree(self.staging, ignore_errors=True)
+        self._remove_written()
+        return None
+
+    def _check_torn(self) -> None:
+        """A file whose writer was killed ends torn: what was read of it must be what seal() will keep."""
+        for source in self.sources.values():
+            if source.torn and sum(piece.count(b"\n") for piece in _complete_lines(source.path)) != source.lines:
+                self.failed = f"{source.path.name} is damaged before its end"
 
     def _complete(self) -> ExportStats | None:
+        if self.failed is not None:
+            return None
         final = _Identities(_first_records(self.run_dir))
         stats = ExportStats()
         for source in self.sources.values():
@@ -244,12 +330,20 @@ class LiveExport:
                 return None
             if source.thread is not None:
                 source.thread.flush(source.stats)
-            source.out.close()
             _add(stats, source.stats)
-        for path in sorted(self.staging.iterdir()):
-            if path.stat().st_size == 0:  # every record of it was a dropped open call
-                path.unlink()
-        stats.files = sum(1 for p in self.staging.iterdir() if p.name.startswith("trace_"))
-        for path in sorted(self.staging.iterdir()):
-            os.replace(path, self.run_dir / path.name)
+        if stats.dropped_open_calls:
+            self.failed = f"{stats.dropped_open_calls} calls were left open"
+            return None
+        written = [s.out for s in self.sources.values() if s.out is not None and s.out.file is not None]
+        end = time.monotonic_ns()
+        for out in written:
+            out.mark(end, **{END_OF_TRACE: len(written)})
+            out.flush()
+        stats.files = len(written)
         return stats
+
+    def _remove_written(self) -> None:
+        for source in self.sources.values():
+            if source.out is not None and source.out.file is not None:
+                source.out.path.unlink(missing_ok=True)
+

@@ -1,0 +1,169 @@
+"""Checking while the program trains: TrainCheck's own online checker (traincheck==0.2.0, its virtualenv made by
+scripts/traincheck_venv.sh) follows the run folder as the live export writes it, and `tc-rewrite --check` /
+`--stop-on-violation` run that checker for the user. Invariants come from a healthy 20-step run of fixtures/live; the
+buggy runs skip `zero_grad` from a known step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import FIXTURES, ROOT, _env, run_tc
+from traincheck_rewrite.trace import read_records
+
+CONFIG = FIXTURES / "live" / "config.yaml"
+TRAIN = FIXTURES / "live" / "train.py"
+
+
+def _engine_venv() -> Path:
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "traincheck_venv.sh")], capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        pytest.skip(f"TrainCheck's virtualenv cannot be made: {proc.stderr[-500:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def venv() -> Path:
+    return _engine_venv()
+
+
+def _invariants(venv: Path, tmp: Path, *args: str) -> Path:
+    """Invariants TrainCheck's engine infers from a healthy 20-step run of fixtures/live with `args`."""
+    ref = run_tc([str(CONFIG), "--", *args], tmp / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp / "inv.json"
+    proc = subprocess.run([str(venv / "bin" / "traincheck-infer"), "-f", str(ref.run_dir), "-o", str(out)], cwd=tmp,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0 and out.read_text().strip(), proc.stderr[-2000:]
+    return out
+
+
+def _line_of(text: str) -> int:
+    return next(n for n, line in enumerate(TRAIN.read_text().splitlines(), 1) if line.strip().startswith(text))
+
+
+def _tc(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "traincheck_rewrite", *args], cwd=cwd, env=_env(), text=True, **kw)
+
+
+def _failed_steps(failed_log: Path) -> list[tuple[int, str]]:
+    """The step and invariant of each violation TrainCheck's checker wrote so far (indented JSON objects one after
+    the other)."""
+    text = failed_log.read_text() if failed_log.exists() else ""
+    decoder, at, steps = json.JSONDecoder(), 0, []
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        try:
+            result, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return steps
+        steps.append((max(int(r["meta_vars.step"]) for r in result["trace"]), result["invariant"]["text_description"]))
+
+
+def test_traincheck_online_checker_started_on_an_empty_folder_reports_while_the_program_runs(venv: Path, tmp_path: Path):
+    """The checker is started before tc-rewrite, on the empty run folder. The run has DataLoader workers (a new pair
+    every 8 steps) and a thread that ends at the start: trace files that stop growing while the run goes on, which
+    would hold the checker back at their last record for good. The bug begins at step 40 of 60, so a violation
+    reported while the program runs shows that the checker got past every file that stopped. (TrainCheck's checker
+    may also report false alarms here, from files it attaches after it took newer records of others: `--check`'s
+    driver attaches them first; the test of --check below asserts no violation before the bug.)"""
+    shape = ["--workers", "2", "--side-thread"]
+    invariants = _invariants(venv, tmp_path, *shape)
+    run = tmp_path / "run"
+    run.mkdir()
+    checker = subprocess.Popen([str(venv / "bin" / "traincheck-onlinecheck"), "-f", str(run), "-i", str(invariants), "-o",
+                                str(tmp_path / "online")], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(2)
+        tc = _tc([str(CONFIG), "--output-dir", str(run), "--", *shape, "--steps", "60", "--bug-from", "40",
+                  "--step-seconds", "0.15"], tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        seen_while_running: list[int] = []
+        while tc.poll() is None:
+            steps = [step for step in _failed_steps(tmp_path / "online" / "failed.log") if step[0] >= 39]
+            if steps and tc.poll() is None:
+                seen_while_running = steps
+                break
+            time.sleep(0.2)
+        _, err = tc.communicate(timeout=300)
+        assert tc.returncode == 0, err[-2000:]
+    finally:
+        checker.send_signal(signal.SIGINT)
+        checker.wait(60)
+    # a lead violation names the call before the one that shows it: step 39
+    assert seen_while_running, "TrainCheck's checker reported nothing of the bug while the program ran"
+    assert any("zero_grad" in text for _, text in seen_while_running), seen_while_running
+    assert (tmp_path / "online" / "report.html").exists()
+
+
+def test_check_tells_each_violation_at_the_programs_line_and_exits_3(venv: Path, tmp_path: Path):
+    invariants = _invariants(venv, tmp_path)
+    result = run_tc([str(CONFIG), "--invariants", str(invariants), "--check", "--checker", str(venv), "--",
+                     "--steps", "30", "--bug-from", "8"], tmp_path / "bug")  # fmt: skip
+    assert result.returncode == 3, result.stderr[-3000:]
+    told = [line for line in result.stderr.splitlines() if "violation at step" in line]
+    assert told and all(int(line.split("violation at step ")[1].split()[0]) >= 7 for line in told), told
+    forward = _line_of("loss = F.cross_entropy(model(x), y)")
+    assert f"tc-rewrite:     train.py:{forward}: model(x)" in result.stderr  # the call's own line and text
+    assert result.program_stderr == "", result.program_stderr  # every line of ours says it is ours
+    summary = [line for line in result.stderr.splitlines() if line.startswith("tc-rewrite: check: ")]
+    assert len(summary) == 1 and "violated" in summary[0] and "the first at step " in summary[0], summary
+    info = json.loads((result.run_dir / "run.json").read_text())
+    verdict = info["check"]
+    assert info["exit_code"] == 0 and verdict["complete"] and verdict["violations"] >= 1, verdict
+    assert verdict["first_violation_step"] in (7, 8) and verdict["invariants"] == len(invariants.read_text().splitlines())
+    for name in ("report.html", "failed.log", "violations.jsonl"):
+        assert (result.run_dir / "check" / name).exists(), name
+    kept = [json.loads(line) for line in (result.run_dir / "check" / "violations.jsonl").read_text().splitlines()]
+    assert len(kept) == verdict["violations"] and {v["rank"] for v in kept} == {0}
+    assert any(c.get("line") == forward for v in kept for c in v["calls"])
+
+    healthy = run_tc([str(CONFIG), "--invariants", str(invariants), "--check", "--checker", str(venv), "--", "--steps", "30"],
+                     tmp_path / "healthy")  # fmt: skip
+    assert healthy.returncode == 0, healthy.stderr[-3000:]
+    assert "violation at step" not in healthy.stderr
+    assert json.loads((healthy.run_dir / "run.json").read_text())["check"]["violations"] == 0
+
+
+def test_stop_on_violation_ends_the_run_within_two_steps_of_the_report(venv: Path, tmp_path: Path):
+    invariants = _invariants(venv, tmp_path)
+    run = tmp_path / "run"
+    tc = _tc([str(CONFIG), "--output-dir", str(run), "--invariants", str(invariants), "--stop-on-violation", "--checker",
+              str(venv), "--", "--steps", "400", "--bug-from", "10", "--step-seconds", "0.15"], tmp_path,
+             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    out, _ = tc.communicate(timeout=300)
+    assert tc.returncode == 3, out[-3000:]
+    lines = out.splitlines()
+    stop = next(i for i, line in enumerate(lines) if line.startswith("tc-rewrite: stopping the program at step"))
+    last_step_before = max(int(line.split()[1]) for line in lines[:stop] if line.startswith("step "))
+    last_step = max(int(line.split()[1]) for line in lines if line.startswith("step "))
+    assert last_step - last_step_before <= 2, lines[stop - 3 : stop + 5]
+    assert last_step < 60, last_step
+    info = json.loads((run / "run.json").read_text())
+    assert info["exit_code"] == 128 + signal.SIGTERM and info["check"]["stopped_at_step"] >= 10
+    assert info["plain_traces"]["written"] and info["records"]["truncated_files"] == 0
+    steps = [r["meta_vars"]["step"] for r in read_records(run) if "meta_vars" in r]
+    assert max(steps) >= 10
+
+
+def test_a_missing_engine_is_one_line_before_anything_runs(tmp_path: Path):
+    inv = tmp_path / "inv.json"
+    inv.write_text("")
+    run = tmp_path / "run"
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"}  # no traincheck-onlinecheck
+    for extra in ([], ["--checker", str(tmp_path / "nowhere")]):
+        proc = subprocess.run([sys.executable, "-m", "traincheck_rewrite", str(CONFIG), "--output-dir", str(run), "--invariants",
+                               str(inv), "--check", *extra], cwd=tmp_path, env=_env(env), capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "TrainCheck" in proc.stderr and "--checker" in proc.stderr, proc.stderr
+        assert not run.exists()
+    proc = subprocess.run([sys.executable, "-m", "traincheck_rewrite", str(CONFIG), "--check"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "--invariants" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

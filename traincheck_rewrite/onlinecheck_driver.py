@@ -1,0 +1,146 @@
+"""TrainCheck's online checker as `tc-rewrite --check` runs it: `traincheck-onlinecheck`'s own `main()`, in
+TrainCheck's interpreter (this file imports nothing of traincheck_rewrite), with these changes around its engine
+(its invariants' checks are untouched):
+
+- it ends when it has checked the whole trace: the live export (trace/live.py) ends every plain file with a line
+  `{"time": T, "end_of_trace": N}`; once N of them have been taken from its queue, the records before them have been
+  checked and the queue says it is empty, which `--exit-on-idle` turns into the final report at once. Until then an
+  idle queue is waited on (the program may be slow to start), never taken for the end;
+- it looks at the folder every 0.2 s instead of every second (watchdog's PollingObserver default), so a violation is
+  reported sooner after the record that shows it;
+- a file's last line is read only once it is whole (the checker parses each line it reads as JSON and drops one cut
+  in two by a read that overtook a write);
+- the checker means to check a record once every file it watches has been read up to the record's time, but it
+  takes the read time of the file whose *name* sorts first (`min` over (path, time) pairs), counts a file whose
+  content was there when it found the file as read to the end of time, and knows nothing of a file made since it
+  last looked: a call is checked before the state records inside it are read (a false "zero_grad does not change
+  grad"). Here the slowest file decides, a file counts as read up to its last record (the live export's progress
+  marks keep an idle file moving), and before any file's new lines are read, every trace file that appeared in the
+  folder is registered (as read up to time 0) and then read (watchdog hands out modifications before creations).
+
+    python onlinecheck_driver.py <traincheck-onlinecheck arguments>
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+
+from traincheck import checker_online
+from traincheck.onlinechecker import streamhandler_filesystem
+from traincheck.onlinechecker.utils import Checker_data
+
+END_OF_TRACE = "end_of_trace"
+POLL_S = 0.2
+
+
+class _UntilEndOfTrace(queue.Queue):
+    """The checker's queue of records: empty only once every file's end-of-trace line has been taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends = 0
+        self.files: int | None = None
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        while True:
+            if self.files is not None and self.ends >= self.files and self.empty():
+                raise queue.Empty
+            try:
+                record = super().get(True, POLL_S)
+            except queue.Empty:
+                continue
+            if isinstance(record, dict) and END_OF_TRACE in record:
+                self.ends += 1
+                self.files = int(record[END_OF_TRACE])
+            return record
+
+
+class _CheckerData(Checker_data):
+    def __init__(self, needed_data) -> None:
+        super().__init__(needed_data)
+        self.check_queue = _UntilEndOfTrace()
+
+
+def _whole_lines(self, event) -> None:
+    """StreamLogHandler.on_modified, after attaching the folder's new trace files; a last line with no newline yet is
+    kept for the next read."""
+    if os.path.abspath(event.src_path) != os.path.abspath(self.file_path):
+        return
+    for folder in _folders:
+        folder.attach_new()
+    _read_lines(self)
+
+
+def _initial_content(self) -> None:
+    """StreamLogHandler._save_initial_content, leaving the file read up to its last record, not to the end of time."""
+    self.fp.seek(0)
+    _read_lines(self)
+
+
+def _set_read_time(self, trace_record) -> None:
+    """StreamLogHandler._set_read_time, with the least read time of all files (not that of the first file name)."""
+    data = self.checker_data
+    with data.cond:
+        data.read_time_map[self.file_path] = trace_record["time"]
+        before = data.min_read_time
+        data.min_read_path, data.min_read_time = min(data.read_time_map.items(), key=lambda item: item[1])
+        if data.min_read_time != before:
+            data.cond.notify_all()
+
+
+def _read_lines(self) -> None:
+    lines = self.fp.readlines()
+    if not lines:
+        return
+    lines[0] = self.__dict__.pop("_partial_line", "") + lines[0]
+    if not lines[-1].endswith("\n"):
+        self._partial_line = lines.pop()
+    if lines:
+        self._handle_line(lines)
+
+
+_folders: list = []  # the FolderCreationHandler of each folder watched
+_FolderCreationHandler = streamhandler_filesystem.FolderCreationHandler
+
+
+class _KnownFolder(_FolderCreationHandler):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _folders.append(self)
+
+    def attach(self, file_path: str) -> None:
+        self.attach_new()
+
+    def attach_new(self) -> None:
+        """Every trace file of the folder not attached yet: first registered as read up to time 0, so that no record
+        of another file is checked before their records are read; then read."""
+        new = [os.path.join(self.trace_folder, name) for name in sorted(os.listdir(self.trace_folder))
+               if self._is_trace_file(name) and os.path.join(self.trace_folder, name) not in self.seen_files]  # fmt: skip
+        if not new:
+            return
+        data = self.checker_data
+        with data.cond:
+            for path in new:
+                data.read_time_map.setdefault(path, 0)
+            data.min_read_path, data.min_read_time = min(data.read_time_map.items(), key=lambda item: item[1])
+        for path in new:
+            super().attach(path)
+
+
+def _polling_observer():
+    return _PollingObserver(timeout=POLL_S)
+
+
+_PollingObserver = streamhandler_filesystem.PollingObserver
+
+if __name__ == "__main__":
+    checker_online.Checker_data = _CheckerData
+    streamhandler_filesystem.PollingObserver = _polling_observer
+    streamhandler_filesystem.StreamLogHandler.on_modified = _whole_lines
+    streamhandler_filesystem.StreamLogHandler._save_initial_content = _initial_content
+    streamhandler_filesystem.StreamLogHandler._set_read_time = _set_read_time
+    streamhandler_filesystem.FolderCreationHandler = _KnownFolder
+    sys.argv = ["traincheck-onlinecheck", *sys.argv[1:]]
+    checker_online.main()
