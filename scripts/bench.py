@@ -12,7 +12,8 @@ time is that of the whole command a user waits for (`tc-rewrite`: rewrite, launc
 is the largest resident set of the command and its children (wait4). Library depth: one run starts with an empty
 rewrite cache (cold), the others find it full (warm). The HF Trainer fixture (frameworks rewritten by default):
 its first run with an empty cache and its warm runs against the plain run. With `--traincheck`, also what
-TrainCheck's engine infers from each collector's trace of a 30-step run of each workload, by relation.
+TrainCheck's engine infers from each collector's trace of a 30-step run of each workload, by relation, and the
+`check` setting: the selective run checked while it runs (`--check`), with how far the checker lags behind.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ SETTINGS = {
     "stats": ["--tensor-dump-format", "stats"],  # `full` writes every tensor's values: see the micro-benchmarks
     "depth": DEPTH_FLAGS,
     "selective": ["--invariants", str(BENCH / "{w}.invariants.json")],
+    # with --traincheck only: the selective run checked while it runs by TrainCheck's online checker ({tc}: its venv)
+    "check": ["--invariants", str(BENCH / "{w}.invariants.json"), "--check", "--checker", "{tc}"],
 }
 QUICK_SETTINGS = ("default", "depth", "selective")
 INVARIANT_STEPS = 30  # the runs the engine learns from: long enough for every relation, short enough to infer
@@ -65,6 +68,21 @@ def _trace_stats(run_dir: Path) -> dict:
     return {"records": records, "trace_bytes": trace_bytes, "bytes_per_record": trace_bytes / records if records else 0.0}
 
 
+def _check_stats(folder: Path, pairs: int) -> dict:
+    """How far TrainCheck's online checker lags behind the program (medians over the runs): the records a second it
+    checks against those the program makes, and its drain: how long it runs on after the program, and how many of
+    the program's steps that is."""
+    runs = []
+    for i in range(pairs):
+        info = json.loads((folder / str(i) / "run.json").read_text())
+        check, made = info["check"], info["records"]["api"] + info["records"]["state"]
+        step_s = info["duration_s"] / check["program_steps"] if check.get("program_steps") else None
+        runs.append({"program_rec_s": made / info["duration_s"],
+                     "checker_rec_s": (check["checked_records"] or 0) / check["checker_busy_s"] if check.get("checker_busy_s") else 0.0,
+                     "drain_s": check["drain_s"], "steps_behind": check["drain_s"] / step_s if step_s else None})  # fmt: skip
+    return {key: statistics.median(r[key] for r in runs if r[key] is not None) for key in runs[0] if any(r[key] is not None for r in runs)}
+
+
 def _traincheck_stats(out: Path) -> dict:
     files = [p for p in out.iterdir() if p.name.startswith(("trace_", "proxy_log"))]
     records = sum(sum(1 for _ in p.open("rb")) for p in files)
@@ -72,7 +90,8 @@ def _traincheck_stats(out: Path) -> dict:
     return {"records": records, "trace_bytes": trace_bytes, "bytes_per_record": trace_bytes / records if records else 0.0}
 
 
-def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None, traincheck: Path | None) -> list[dict]:
+def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None, traincheck: Path | None,
+                   collector: bool = True) -> list[dict]:
     """Rows for one workload: plain, then each setting, then TrainCheck; each setting's runs alternate with plain."""
     script = BENCH / f"{name}.py"
     script_args = ["--", "--steps", str(steps)] if steps else []
@@ -84,10 +103,12 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
         plain = [_run(plain_cmd, BENCH)]
         variants = []  # (setting, command for an output folder)
         for setting in settings:
-            flags = [f.format(w=name) for f in SETTINGS[setting]]
+            if setting == "check" and traincheck is None:
+                continue
+            flags = [f.format(w=name, tc=traincheck) for f in SETTINGS[setting]]
             base = [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--models-to-track", "model", *flags]
             variants.append((setting, lambda out, base=base: [*base, "--output-dir", str(out), *script_args]))
-        if traincheck is not None:  # on a copy: it writes its instrumented script beside the original
+        if traincheck is not None and collector:  # on a copy: it writes its instrumented script beside the original
             (tmp / "src").mkdir()
             copy = tmp / "src" / script.name
             copy.write_bytes(script.read_bytes())
@@ -102,6 +123,8 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
                 runs.append(_run(command(folder / str(i)), BENCH, env))
             last = folder / str(pairs - 1)
             stats = _traincheck_stats(last) if setting == "traincheck-collect" else _trace_stats(last)
+            if setting == "check":
+                stats.update(_check_stats(folder, pairs))
             wall = statistics.median(r[0] for r in runs)
             row = {"workload": name, "setting": setting, "wall_s": wall, "peak_mib": max(r[1] for r in runs) / 1024, **stats,
                    "records_per_s": stats["records"] / wall}
@@ -322,6 +345,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the MLP for 50 steps, settings default/depth/selective, one pair")
     parser.add_argument("--pairs", type=int, default=None, help="alternating plain/traced pairs per setting [3]")
     parser.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default: all")
+    parser.add_argument("--setting", action="append", choices=list(SETTINGS), help="repeatable; default: all")
+    parser.add_argument("--no-traincheck-collect", action="store_true", help="with --traincheck: its engine only, not its collector")
     parser.add_argument("--traincheck", type=Path, metavar="VENV", help="a virtualenv with traincheck==0.2.0 (scripts/traincheck_venv.sh)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--calls", type=int, metavar="ROUNDS", help="only the per-call micro-benchmark, this many rounds")
@@ -337,10 +362,11 @@ def main() -> None:
             parser.error("--invariants needs --traincheck VENV (its engine infers them)")
         _print_invariants(invariant_table(workloads, args.traincheck.resolve()))
         return
-    settings = list(QUICK_SETTINGS if args.quick else SETTINGS)
+    settings = args.setting or list(QUICK_SETTINGS if args.quick else SETTINGS)
     pairs = args.pairs or (1 if args.quick else 3)
     traincheck = args.traincheck.resolve() if args.traincheck else None
-    rows = [row for w in workloads for row in bench_workload(w, settings, pairs, 50 if args.quick else None, traincheck)]
+    rows = [row for w in workloads
+            for row in bench_workload(w, settings, pairs, 50 if args.quick else None, traincheck, not args.no_traincheck_collect)]
     micro = micro_benchmarks(1 if args.quick else 3) + rewrite_benchmarks()
     if not args.quick:
         micro += framework_benchmark(pairs)
@@ -352,6 +378,9 @@ def main() -> None:
     print(f"{'workload':<6} {'setting':<19} {'wall s':>7} {'ratio':>6} {'peak MiB':>9} {'trace KiB':>10} {'records':>8} {'B/rec':>6} {'rec/s':>8}")
     for r in rows:
         cold = f"  (cold cache {r['cold_s']:.2f} s)" if "cold_s" in r else ""
+        if "drain_s" in r:
+            cold += (f"  (checker {r['checker_rec_s']:.0f} rec/s against the program's {r['program_rec_s']:.0f}; "
+                     f"drain {r['drain_s']:.2f} s = {r.get('steps_behind', 0):.1f} steps)")
         print(
             f"{r['workload']:<6} {r['setting']:<19} {r['wall_s']:>7.2f} {r['ratio']:>6.2f} {r['peak_mib']:>9.0f} "
             f"{r['trace_bytes'] / 1024:>10.1f} {r['records']:>8} {r['bytes_per_record']:>6.1f} {r['records_per_s']:>8.0f}{cold}"

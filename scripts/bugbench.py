@@ -7,6 +7,8 @@ For every zoo entry and every collector (`tc-rewrite`; with `--traincheck VENV` 
 
 1. a healthy reference run (seed 0), collected with default settings, `traincheck-infer` on it;
 2. the buggy run (TC_BUG=1, seed 0), collected with `--invariants` (default sampling), `traincheck-check` on it;
+   `tc-rewrite` collects it with `--check` too: TrainCheck's online checker checks it while it runs, and the table
+   gives the step at which that check first reports the bug beside the offline check's;
 3. a healthy run with another seed (TC_SEED=1), collected and checked the same way: any violation is a false alarm;
 4. (`tc-rewrite` only, as evidence for misses) the buggy run collected in full, every API and every step, checked
    against the same invariants: tells a miss of selective collection from a miss of the trace itself.
@@ -65,6 +67,8 @@ class Outcome:
     bug_violations: list[dict] = field(default_factory=list)
     healthy_violations: list[dict] = field(default_factory=list)
     full_violations: list[dict] | None = None  # buggy run collected in full (tc-rewrite only)
+    live_bug: list[dict] | None = None  # what `--check` reported while the buggy run ran (tc-rewrite only)
+    live_healthy: list[dict] | None = None  # ... and while the healthy rerun ran
     seconds: dict[str, float] = field(default_factory=dict)  # ref, bug, ok, plain, plain_bug
     error: str | None = None
 
@@ -86,6 +90,20 @@ class Outcome:
             if _step(v) >= bug_step and _key(v) not in self._healthy_keys()
         ]
         return min((_step(v) for v in found), default=None)
+
+    def live_detections(self, bug_step: int) -> list[dict]:
+        """`--check`'s violations of the buggy run from the bug's first step on (a lead violation names the call
+        before the one that shows it: from the step before), of invariants its healthy rerun keeps."""
+        healthy = {_live_key(v) for v in self.live_healthy or []}
+        return [v for v in self.live_bug or [] if (v["step"] or 0) >= bug_step - 1 and _live_key(v) not in healthy]
+
+    def live_early(self, bug_step: int) -> list[dict]:
+        healthy = {_live_key(v) for v in self.live_healthy or []}
+        return [v for v in self.live_bug or [] if (v["step"] or 0) < bug_step - 1 or _live_key(v) in healthy]
+
+
+def _live_key(violation: dict) -> tuple[str, str]:
+    return violation.get("relation") or "", violation.get("invariant") or ""
 
 
 def _key(violation: dict) -> tuple[str, str]:
@@ -138,14 +156,19 @@ def our_run_dir(output_dir: Path) -> Path:
 class Ours:
     name = "tc-rewrite"
 
+    def __init__(self, checker: Path | None = None):
+        self.checker = checker  # TrainCheck's virtualenv: runs with invariants are also checked as they run (--check)
+
     def collect(self, entry: Entry, work: Path, label: str, env: dict[str, str], invariants: Path | None) -> tuple[Path, float]:
         """Collects one run; returns the folder of plain traces the engine reads and the wall time of collection."""
         out = work / f"{label}_run"
         cmd = [sys.executable, "-m", "traincheck_rewrite", str(entry.folder / "config.yaml"), "--output-dir", str(out)]
         if invariants:
             cmd += ["--invariants", str(invariants)]
+            if self.checker is not None and label != "full":
+                cmd += ["--check", "--checker", str(self.checker)]
         proc, seconds = _run(cmd, ROOT, env)
-        if proc.returncode != 0:
+        if proc.returncode not in (0, 3):  # 3: --check found violations
             raise RuntimeError(f"{label}: tc-rewrite failed: {_tail(proc)}")
         export = work / f"{label}_traces"
         proc, _ = _run([sys.executable, "-m", "traincheck_rewrite", "trace", "export", str(our_run_dir(out)), "--to", str(export)], ROOT, env)
@@ -268,12 +291,22 @@ def bench(entry: Entry, collector, engine: Path, work: Path, full: bool = True) 
         outcome.bug_violations = check(engine, bug, invariants, work / "bug_check")
         ok, outcome.seconds["ok"] = collector.collect(entry, work, "ok", _env(TC_SEED="1"), invariants)
         outcome.healthy_violations = check(engine, ok, invariants, work / "ok_check")
+        if getattr(collector, "checker", None) is not None:
+            outcome.live_bug, outcome.live_healthy = live_violations(work / "bug_run"), live_violations(work / "ok_run")
         if full and isinstance(collector, Ours):
             full, outcome.seconds["full"] = collector.collect(entry, work, "full", _env(TC_BUG="1", TC_SEED="0"), None)
             outcome.full_violations = check(engine, full, invariants, work / "full_check")
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         outcome.error = str(exc)
     return outcome
+
+
+def live_violations(output_dir: Path) -> list[dict]:
+    """What `tc-rewrite --check` reported while the run ran (checking.py's check/violations.jsonl)."""
+    path = our_run_dir(output_dir) / "check" / "violations.jsonl"
+    if not path.exists():
+        raise RuntimeError(f"{output_dir.name}: --check left no {path.name}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def short(violation: dict) -> str:
@@ -291,7 +324,7 @@ def _fired(violations: list[dict], limit: int = 3) -> str:
 
 def row(entry: Entry, outcome: Outcome, plain: dict[str, float]) -> str:
     if outcome.error:
-        return f"| {entry.name} | {outcome.collector} | error: {outcome.error.replace('|', '/')} | | | | | | |"
+        return f"| {entry.name} | {outcome.collector} | error: {outcome.error.replace('|', '/')} | | | | | | | |"
     found = outcome.detections(entry.bug_step)
     first = outcome.first_step(entry.bug_step)
     early = outcome.early(entry.bug_step)
@@ -307,19 +340,25 @@ def row(entry: Entry, outcome: Outcome, plain: dict[str, float]) -> str:
     else:
         first_full = outcome.first_step(entry.bug_step, outcome.full_violations)
         full = f"{len(outcome.full_violations)} violated, from step {'-' if first_full is None else first_full}"
+    if outcome.live_bug is None:
+        live = "n/a"
+    else:
+        found_live, early_live = outcome.live_detections(entry.bug_step), outcome.live_early(entry.bug_step)
+        live = f"step {min(v['step'] for v in found_live)}" if found_live else "**no**"
+        live += f"; {len(outcome.live_healthy)} on the healthy run" + (f", {len(early_live)} not counted" if early_live else "")
     overhead = " / ".join(
         f"{outcome.seconds[k] / plain[p]:.1f}x" for k, p in (("ref", "healthy"), ("bug", "buggy"), ("ok", "healthy"))
     )
     return (
         f"| {entry.name} | {outcome.collector} | {'yes' if found else '**no**'} | {entry.bug_step} | "
-        f"{'-' if first is None else first} | {outcome.invariants} | {fired} | {alarms} | {overhead} | {full} |"
+        f"{'-' if first is None else first} | {live} | {outcome.invariants} | {fired} | {alarms} | {overhead} | {full} |"
     )
 
 
 HEADER = (
-    "| entry | collector | detected | bug begins | first violation | invariants | invariants that fired | "
+    "| entry | collector | detected | bug begins | first violation | --check reports it | invariants | invariants that fired | "
     "false alarms | overhead ref / bug / ok | buggy run collected in full |\n"
-    "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |"
+    "| --- | --- | --- | ---: | ---: | --- | ---: | --- | --- | --- | --- |"
 )
 
 
@@ -348,7 +387,7 @@ def main() -> None:
     names = args.entries or sorted(p.name for p in ZOO.iterdir() if (p / "config.yaml").exists())
     entries = [Entry.load(ZOO / name) for name in names]
     engine = engine_bin()
-    collectors = ([] if args.no_ours and args.traincheck else [Ours()]) + ([Theirs(args.traincheck.resolve())] if args.traincheck else [])
+    collectors = ([] if args.no_ours and args.traincheck else [Ours(engine.parent)]) + ([Theirs(args.traincheck.resolve())] if args.traincheck else [])
     work_root = Path(tempfile.mkdtemp(prefix="bugbench_")) if args.keep is None else args.keep.resolve()
     lines, details = [HEADER], []
     print(HEADER, flush=True)

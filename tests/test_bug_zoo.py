@@ -1,6 +1,8 @@
 """Every entry of the bug zoo (fixtures/bugs) through TrainCheck's real engine, with scripts/bugbench.py's protocol:
 invariants inferred from a healthy run collected by tc-rewrite; the buggy run, collected with `--invariants`, must
-violate them at or after the step where its bug begins; a healthy run with another seed must violate none.
+violate them at or after the step where its bug begins; a healthy run with another seed must violate none. Both runs
+are also checked while they run (`--check`): it must report the bug at the offline check's step or earlier, and
+nothing on the healthy run.
 Skipped only when TrainCheck's virtualenv (scripts/traincheck_venv.sh) cannot be made."""
 
 from __future__ import annotations
@@ -51,10 +53,14 @@ def test_every_entry_names_its_bug_step_and_has_a_test():
 )
 def test_buggy_run_violates_and_healthy_rerun_does_not(name: str, engine: Path, tmp_path: Path):
     entry = bugbench.Entry.load(bugbench.ZOO / name)
-    outcome = bugbench.bench(entry, bugbench.Ours(), engine, tmp_path, full=False)
+    outcome = bugbench.bench(entry, bugbench.Ours(checker=engine.parent), engine, tmp_path, full=False)
     assert outcome.error is None, outcome.error
     assert outcome.invariants > 0
     early = outcome.early(entry.bug_step)
     assert not early, f"violations before the bug begins (step {entry.bug_step}): {[bugbench.short(v) for v in early]}"
     assert outcome.detections(entry.bug_step), "the buggy run violates no invariant"
     assert not outcome.healthy_violations, [bugbench.short(v) for v in outcome.healthy_violations]
+    live = outcome.live_detections(entry.bug_step)
+    assert live, f"--check reported nothing of the bug while it ran: {outcome.live_bug}"
+    assert min(v["step"] for v in live) <= outcome.first_step(entry.bug_step), (live, outcome.first_step(entry.bug_step))
+    assert not outcome.live_healthy and not outcome.live_early(entry.bug_step), (outcome.live_healthy, outcome.live_early(entry.bug_step))

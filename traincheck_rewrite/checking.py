@@ -90,14 +90,17 @@ class Verdict:
     complete: bool = False
     engine_exit_code: int | None = None
     drain_s: float | None = None  # from the program's end to the checker's
-    progress: list = field(default_factory=list)
+    checked_records: int | None = None  # records the checker took (marks included)
+    checker_busy_s: float | None = None  # from its first record to its end
+    program_steps: int | None = None  # the highest step of the trace
 
     def to_json(self, engine: Engine) -> dict:
         return {
             "engine": f"traincheck {engine.version} ({engine.python})", "invariants": self.invariants,
             "violations": self.violations, "violated_invariants": len(self.violated), "first_violation_step": self.first_step,
             "first_violation": self.first, "stopped_at_step": self.stopped_at_step, "complete": self.complete,
-            "engine_exit_code": self.engine_exit_code, "drain_s": self.drain_s, "report": f"{CHECK_DIR}/report.html",
+            "engine_exit_code": self.engine_exit_code, "drain_s": self.drain_s, "checked_records": self.checked_records,
+            "checker_busy_s": self.checker_busy_s, "program_steps": self.program_steps, "report": f"{CHECK_DIR}/report.html",
         }  # fmt: skip
 
 
@@ -126,6 +129,7 @@ class OnlineCheck:
             lines += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         (self.folder / "invariants.json").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         self.verdict.invariants = len(lines)
+        (self.folder / VIOLATIONS).touch()
         self.out = open(self.folder / "checker_output.txt", "wb")
         # Paths relative to the check folder: the checker copies its invariants with a shell command.
         command = [str(self.engine.python), str(DRIVER), "-f", "..", "-i", "invariants.json", "-o", ".", "--exit-on-idle",
@@ -153,7 +157,8 @@ class OnlineCheck:
         self.reader.join()
         self._read_new()
         self.out.close()
-        self.verdict.progress = _progress(self.folder / "checker_output.txt")
+        self.verdict.checked_records, self.verdict.checker_busy_s = _checked(self.folder / "checker_output.txt")
+        self.verdict.program_steps = max(self.live.last_step.values(), default=None)
         return self.verdict
 
     def _interrupt(self) -> None:
@@ -270,21 +275,20 @@ def _told(violation: dict, in_full: bool) -> str:
     return "\n".join(lines)
 
 
-def _progress(path: Path) -> list:
-    """The checker's progress lines (`-v`), for the bench: [records processed, step] each."""
-    out = []
+def _checked(path: Path) -> tuple[int | None, float | None]:
+    """The driver's last line (onlinecheck_driver.DONE): records checked and seconds from the first to the end."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return out
-    for line in text.splitlines():
-        if line.startswith("[online-checker] processed "):
+        return None, None
+    for line in reversed(lines):
+        if line.startswith("[tc-rewrite] checked "):
             words = line.split()
             try:
-                out.append([int(words[2]), words[5].split("=", 1)[1]])
+                return int(words[2]), float(words[5])
             except (IndexError, ValueError):
-                pass
-    return out
+                break
+    return None, None
 
 
 def _number(value):

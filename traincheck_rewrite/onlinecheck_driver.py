@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import queue
 import sys
+import time
 
 from traincheck import checker_online
 from traincheck.onlinechecker import streamhandler_filesystem
@@ -33,6 +34,7 @@ from traincheck.onlinechecker.utils import Checker_data
 
 END_OF_TRACE = "end_of_trace"
 POLL_S = 0.2
+DONE = "[tc-rewrite] checked"  # its last line: how many records, in how long from the first
 
 
 class _UntilEndOfTrace(queue.Queue):
@@ -42,15 +44,22 @@ class _UntilEndOfTrace(queue.Queue):
         super().__init__()
         self.ends = 0
         self.files: int | None = None
+        self.taken = 0
+        self.first_taken: float | None = None
 
     def get(self, block: bool = True, timeout: float | None = None):
         while True:
             if self.files is not None and self.ends >= self.files and self.empty():
+                busy = time.monotonic() - (self.first_taken or time.monotonic())
+                print(f"{DONE} {self.taken} records in {busy:.3f} s", flush=True)
                 raise queue.Empty
             try:
                 record = super().get(True, POLL_S)
             except queue.Empty:
                 continue
+            self.taken += 1
+            if self.first_taken is None:
+                self.first_taken = time.monotonic()
             if isinstance(record, dict) and END_OF_TRACE in record:
                 self.ends += 1
                 self.files = int(record[END_OF_TRACE])
