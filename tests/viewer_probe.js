@@ -1,6 +1,7 @@
 // Drives a headless Chromium over the DevTools protocol through what a person does in the Perfetto UI: open URL,
-// wait for the trace, click each process's expand button, click a step slice's row in the omnibox search, focus on
-// it ('f'), then select a nested call. Prints one JSON object of what the page then shows, and saves a screenshot:
+// wait for the trace, click each process's expand button, select the first process's slice STEP_NAME (through the
+// UI's selection, as a click on it does), focus on it ('f'), then select the deepest call in that step. Prints one
+// JSON object of what the page then shows, and saves a screenshot:
 //   tracks: the track list top to bottom ({title, depth, chips, height}: title as the UI writes it, depth 0 for a
 //           process, chips its badges ("main thread"), height of its row in px);
 //   step, nested: the selected slice's details panel text, and for the nested call its depth and its parent's name
@@ -75,6 +76,13 @@ true`;
     for (const type of ["mouseMoved", "mousePressed", "mouseReleased"])
       await send("Input.dispatchMouseEvent", { type, x, y, button: "left", clickCount: 1 });
   };
+  const until = async (expression, what) => {  // the UI redraws when it gets to it: poll, up to SECONDS
+    for (let i = 0; i < Number(seconds) * 4; i++) {
+      if (await evaluate(expression)) return;
+      await sleep(250);
+    }
+    throw new Error(`the page never showed ${what}`);
+  };
   const key = async (text) => {
     await send("Input.dispatchKeyEvent", { type: "keyDown", key: text, text });
     await send("Input.dispatchKeyEvent", { type: "keyUp", key: text });
@@ -98,9 +106,11 @@ true`;
       const b = Array.from(document.querySelectorAll('.pf-track')).filter((e) =>
         getComputedStyle(e).getPropertyValue('--depth').trim() === '0')[${n}].querySelector('.pf-track__collapse-button');
       const r = b.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()`);
+    const before = (await evaluate("__tracks()")).length;
     await click(box[0], box[1]);
-    await sleep(1000);
+    await until(`__tracks().length > ${before}`, `the tracks of process ${n + 1} after its expand button was clicked`);
   }
+  await sleep(1000);
   const tracks = await evaluate("__tracks()");
 
   // the step slice of the first process: selected, then focused with 'f' so the screenshot shows its calls
@@ -116,12 +126,13 @@ true`;
     return {step, nested};
   })()`);
   await evaluate(`app.trace.selection.selectSqlEvent('slice', ${pick.step.id}, {scrollToSelection: true, switchToCurrentSelectionTab: true}); true`);
-  await sleep(2000);
+  await until(`__details().includes('slice[${pick.step.id}]')`, "the step slice's details");
   await key("f");
-  await sleep(2000);
+  await sleep(1000);
   const step = await evaluate("__details()");
   await evaluate(`app.trace.selection.selectSqlEvent('slice', ${pick.nested.id}, {switchToCurrentSelectionTab: true}); true`);
-  await sleep(2000);
+  await until(`__details().includes('slice[${pick.nested.id}]')`, "the nested call's details");
+  await sleep(1000);
   const nested = { ...pick.nested, details: await evaluate("__details()") };
   const shot = await send("Page.captureScreenshot", { format: "png" });
   fs.writeFileSync(screenshot, Buffer.from(shot.result.data, "base64"));
