@@ -49,7 +49,8 @@ def test_venv_says_when_it_installs_and_only_then(tmp_path: Path):
     assert first.returncode == 0 and first.stderr == PROGRESS and first.stdout == "", first
     again = bash(root / "scripts" / "venv.sh")
     assert again.returncode == 0 and again.stderr == "" and again.stdout == "", again
-    os.utime(root / "setup.py")  # newer than the stamp: installs again, and says so
+    later = (root / ".venv" / ".tc-installed").stat().st_mtime + 10
+    os.utime(root / "setup.py", (later, later))  # newer than the stamp: installs again, and says so
     changed = bash(root / "scripts" / "venv.sh")
     assert changed.stderr.startswith("updating .venv") and changed.stderr.count("\n") == 1, changed
 
