@@ -92,10 +92,14 @@ def test_slices_nest_per_thread_as_the_calls_nested(deep_export):
 def test_tracks_steps_stages_states_and_counter(deep, deep_export):
     events = deep_export["traceEvents"]
     meta = {(e["name"], e.get("tid")): e["args"] for e in events if e["ph"] == "M"}
-    pid = calls(deep_export)[0]["pid"]
-    (process_pid,) = {r["process_id"] for r in read_records(deep)}
-    assert meta[("process_name", None)]["name"] == f"pid {process_pid}"
-    assert meta[("thread_name", 0)]["name"] == "steps" and meta[("thread_name", 1)]["name"].startswith("main thread")
+    (pid,) = {r["process_id"] for r in read_records(deep)}
+    assert {e["pid"] for e in events} == {pid}  # the real pid, which viewers print after the name
+    assert meta[("process_name", None)]["name"] == f"pid {pid}"
+    assert meta[("thread_name", pid)]["name"] == "main thread"  # tid = pid: the main thread, as on Linux
+    (steps_tid,) = {e["tid"] for e in events if e["ph"] == "X" and e["cat"] == "step"}
+    assert steps_tid != pid and meta[("thread_name", steps_tid)]["name"] == "steps"
+    assert meta[("thread_sort_index", pid)]["sort_index"] < meta[("thread_sort_index", steps_tid)]["sort_index"]
+    assert {e["tid"] for e in calls(deep_export)} == {pid}
     steps = sorted((e for e in events if e["ph"] == "X" and e["cat"] == "step"), key=lambda e: e["ts"])
     assert [e["name"] for e in steps] == [f"step {n}" for n in range(9)]
     assert all(a["ts"] + a["dur"] <= b["ts"] + EPS for a, b in zip(steps, steps[1:]))  # one track: no overlap
@@ -121,8 +125,14 @@ def test_steps_and_ranks_thin_the_timeline(traced, tmp_path: Path):
     full = tmp_path / "full.json"
     assert export(str(run), "--to", str(full)).returncode == 0
     data = load(full)
-    names = sorted(e["args"]["name"] for e in data["traceEvents"] if e["name"] == "process_name")
-    assert [n.split(" (pid ")[0] for n in names] == ["rank 0", "rank 1"]
+    pid_of = {r["meta_vars"]["rank"]: r["process_id"] for r in read_records(run, kinds=("API",))}
+    meta = [e for e in data["traceEvents"] if e["ph"] == "M"]
+    names = {e["pid"]: e["args"]["name"] for e in meta if e["name"] == "process_name"}
+    assert names == {pid_of[rank]: f"rank {rank} (pid {pid_of[rank]})" for rank in (0, 1)}
+    order = {e["pid"]: e["args"]["sort_index"] for e in meta if e["name"] == "process_sort_index"}
+    assert order == {pid_of[0]: 0, pid_of[1]: 1}
+    threads = [(e["pid"], e["tid"]) for e in meta if e["name"] == "thread_name"]
+    assert len(set(threads)) == len({tid for _, tid in threads}) == 4  # main thread and steps per rank, no tid shared
     expected = Counter(r["meta_vars"].get("rank") for r in read_records(run, kinds=("API",))
                        if r["type"] == "function_call (pre)" and r["meta_vars"].get("step") in (2, 3))
     thin = tmp_path / "thin.json.gz"
@@ -146,3 +156,20 @@ def test_bad_arguments_are_one_line_errors(traced, tmp_path: Path):
         proc = export(run, *args)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and message in proc.stderr, (args, proc.stderr)
     assert not (tmp_path / "t.json").exists() and not list(tmp_path.glob(".t.json*"))
+
+
+def test_folders_that_share_a_pid_keep_their_tracks_apart(tmp_path: Path):
+    """Two nodes' run folders can hold the same pid: each process still gets a pid and tracks of its own."""
+    from test_trace_tools_cases import Proc, write
+
+    n0 = write(tmp_path / "n0", Proc(7, 0, 2).training([1, 2]))
+    n1 = write(tmp_path / "n1", Proc(7, 1, 2).training([1, 2]))
+    proc = export(str(n0), str(n1), "--to", str(tmp_path / "t.json"))
+    assert proc.returncode == 0, proc.stderr
+    events = load(tmp_path / "t.json")["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert sorted(names.values()) == ["rank 0 (pid 7)", "rank 1 (pid 7)"] and len(names) == 2
+    tracks = {(e["pid"], e["tid"]) for e in events if e["ph"] in ("X", "i")}
+    assert len(tracks) == 4 and len({tid for _, tid in tracks}) == 4
+    for pid in names:  # each process's main thread has the process's own number
+        assert {e["tid"] for e in calls({"traceEvents": events}) if e["pid"] == pid} == {pid}

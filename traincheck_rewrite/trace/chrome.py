@@ -1,10 +1,14 @@
 """export_chrome(): a job's trace as a Trace Event Format file (JSON, gzip when the name ends in .gz) that Perfetto's
 UI, chrome://tracing and VizTracer's vizviewer open.
 
-Tracks: one process per traced process, named "rank R (pid P)" (or "pid P"), sorted by rank; in each, one thread
-track per traced thread (the main thread first) holding every logged call as a complete slice ("X", category
-"call"), nested as the calls nested, with stage changes and state changes as instant events; a "steps" track (tid 0)
-with one slice per training step; a "records per step" counter.
+Tracks: one process per traced process, named "rank R (pid P)" (or "pid P"), its export pid the real pid P (a
+number above every pid where two run folders share one), sorted by rank; in each, the main thread (tid = pid, as on
+Linux, so viewers mark it the main thread), then a "steps" track with one slice per training step, then the other
+threads; a thread track holds every logged call as a complete slice ("X", category "call"), nested as the calls
+nested, with stage changes and state changes as instant events; a "records per step" counter. The steps track and
+the other threads get tids above every pid of the export, so no two tracks share one. Sort-index metadata orders
+processes and threads for viewers that read it (chrome://tracing; Perfetto's UI orders processes by event count,
+then name).
 
 Times: records carry `time.monotonic_ns()`, one clock per machine shared by its processes, so the processes of one
 run folder keep their relative times: ts = (time - the folder's earliest record) in microseconds. Several run
@@ -17,6 +21,7 @@ and each variable's last attribute digests are all that is held, so memory does 
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +36,6 @@ PRE = "function_call (pre)"
 EXCEPTION = "function_call (post) (exception)"
 STATE = "state_change"
 ARG_CHARS = 500  # an argument envelope longer than this is cut (the UI holds every arg of every slice)
-STEPS_TID = 0
 
 
 class ChromeExportError(Exception):
@@ -115,7 +119,8 @@ class _Export:
     def keep(self, step) -> bool:
         return self.steps is None or (step is not None and self.steps[0] <= step <= self.steps[1])
 
-    def process(self, p: Process, pid: int) -> None:
+    def process(self, p: Process, pid: int, order: int, tids) -> None:
+        """Write `p` as process `pid` (the `order`-th, by rank); `tids` hands out its steps and other threads' tids."""
         t0, offset = self.origin[id(p.run)]
         self.run = p.run
 
@@ -125,15 +130,20 @@ class _Export:
         w, stats = self.w, self.stats
         stats.processes += 1
         w.event({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": p.label}})
-        w.event({"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}})
-        w.event({"ph": "M", "name": "thread_name", "pid": pid, "tid": STEPS_TID, "args": {"name": "steps"}})
+        w.event({"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": order}})
+        threads = p.threads()
+        steps_tid = next(tids)
+        thread_tids = [pid] + [next(tids) for _ in threads[1:]]  # the main thread's tid is the pid, as on Linux
+        w.event({"ph": "M", "name": "thread_name", "pid": pid, "tid": steps_tid, "args": {"name": "steps"}})
+        w.event({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": steps_tid, "args": {"sort_index": 1}})
         step_spans: dict = {}  # step -> [first time, last time, records]
         last_attrs: dict = {}  # var_name -> {attribute: digest of its value}
-        for n, tid in enumerate(p.threads(), 1):
+        for n, (tid, track) in enumerate(zip(threads, thread_tids), 1):
             stats.threads += 1
             name = "main thread" if n == 1 else f"thread {n}"
-            w.event({"ph": "M", "name": "thread_name", "pid": pid, "tid": n, "args": {"name": f"{name} (tid {tid})"}})
-            w.event({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": n, "args": {"sort_index": n}})
+            w.event({"ph": "M", "name": "thread_name", "pid": pid, "tid": track, "args": {"name": name}})
+            w.event({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": track,
+                     "args": {"sort_index": 0 if n == 1 else n}})
             last_time = None
             stack: list = []  # open calls: (func_call_id, pre record)
             stage = None
@@ -150,7 +160,8 @@ class _Export:
                         new_stage = _meta(r).get("stage")
                         if new_stage != stage and self.keep(step):
                             w.event({"ph": "i", "s": "t", "name": f"stage: {new_stage}", "cat": "stage", "pid": pid,
-                                     "tid": n, "ts": ts(t), "args": {"stage": new_stage, "from": stage, "step": step}})
+                                     "tid": track, "ts": ts(t),
+                                     "args": {"stage": new_stage, "from": stage, "step": step}})
                             stats.instants += 1
                         stage = new_stage
                         continue
@@ -159,17 +170,17 @@ class _Export:
                         if stack[i][0] == call:
                             pre = stack[i][1]
                             del stack[i:]  # calls opened inside and never closed end with it (cannot happen)
-                            self._slice(pid, n, ts, pre, r, t)
+                            self._slice(pid, track, ts, pre, r, t)
                             break
             for _, pre in reversed(stack):  # killed inside these calls
-                self._slice(pid, n, ts, pre, None, last_time)
+                self._slice(pid, track, ts, pre, None, last_time)
             for source in p.sources_of("VAR", tid):
                 for r in source.records(self.read):
                     stats.records += 1
                     step = _step(r)
                     self._count(step_spans, step, r.get("time"))
-                    self._state(pid, n, ts, r, step, last_attrs)
-        self._steps(pid, ts, step_spans)
+                    self._state(pid, track, ts, r, step, last_attrs)
+        self._steps(pid, steps_tid, ts, step_spans)
 
     @staticmethod
     def _count(spans: dict, step, t) -> None:
@@ -218,7 +229,7 @@ class _Export:
                                                         "stage": _meta(r).get("stage")}})
         self.stats.instants += 1
 
-    def _steps(self, pid: int, ts, spans: dict) -> None:
+    def _steps(self, pid: int, tid: int, ts, spans: dict) -> None:
         timed = sorted((span[0], step, span) for step, span in spans.items() if span[0] is not None)
         for i, (first, step, span) in enumerate(timed):
             if not self.keep(step):
@@ -227,11 +238,23 @@ class _Export:
             if i + 1 < len(timed):
                 end = min(end, timed[i + 1][0])  # slices on one track must not overlap
             label = "no step" if step is None else f"step {step}"
-            self.w.event({"ph": "X", "cat": "step", "name": label, "pid": pid, "tid": STEPS_TID, "ts": ts(first),
+            self.w.event({"ph": "X", "cat": "step", "name": label, "pid": pid, "tid": tid, "ts": ts(first),
                           "dur": _dur(first, end), "args": {"step": step, "records": span[2]}})
             self.w.event({"ph": "C", "name": "records per step", "pid": pid, "ts": ts(first),
                           "args": {"records": span[2]}})
             self.stats.steps += 1
+
+
+def _track_ids(processes: list[Process]):
+    """Each process's export pid (its own pid; a number above all of them where two run folders share a pid) and an
+    iterator of tids above every pid, for the tracks that are not a process's main thread."""
+    top = max((p.pid for p in processes), default=0)
+    pids: list[int] = []
+    for p in processes:
+        if p.pid in pids:
+            top += 1
+        pids.append(top if p.pid in pids else p.pid)
+    return pids, itertools.count(top + 1)
 
 
 def export_chrome(job: Job, to: str | Path, *, ranks: list[int] | None = None,
@@ -250,8 +273,9 @@ def export_chrome(job: Job, to: str | Path, *, ranks: list[int] | None = None,
             out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=3) if target.name.endswith(".gz") else raw
             writer = _Writer(out)
             export = _Export(job, writer, steps, stats)
-            for n, p in enumerate(processes, 1):
-                export.process(p, n)
+            pids, tids = _track_ids(processes)
+            for order, (p, pid) in enumerate(zip(processes, pids)):
+                export.process(p, pid, order, tids)
             writer.close({"source": [str(r.root.resolve()) for r in job.runs], "clock": "time.monotonic_ns per machine",
                           "alignment": "per run folder: its earliest record at 0, folders offset by run.json started",
                           "steps": list(steps) if steps else None, "ranks": ranks})
