@@ -161,6 +161,8 @@ def trace_export(runs, to, fmt, ranks, steps):
             stats = export_chrome(open_job(runs), to, ranks=_ranks(ranks), steps=_steps(steps))
             click.echo(f"tc-rewrite: wrote {stats.slices} call slices, {stats.steps} step slices and {stats.instants} "
                        f"instant events of {stats.processes} processes ({stats.threads} threads) to {to}", err=True)
+            if stats.violations:
+                click.echo(f"tc-rewrite: and {stats.violations} violations of the check (category violation)", err=True)
         elif fmt == "parquet":
             from .trace.job import open_job
             from .trace.query import export_parquet

@@ -4,7 +4,8 @@ UI, chrome://tracing and VizTracer's vizviewer open.
 Tracks: one process per traced process, named "rank R (pid P)" (or "pid P"), sorted by rank; in each, one thread
 track per traced thread (the main thread first) holding every logged call as a complete slice ("X", category
 "call"), nested as the calls nested, with stage changes and state changes as instant events; a "steps" track (tid 0)
-with one slice per training step; a "records per step" counter.
+with one slice per training step; a "records per step" counter. A run checked with `tc-rewrite --check` has each
+violation as an instant event (category "violation") on the thread whose record showed it.
 
 Times: records carry `time.monotonic_ns()`, one clock per machine shared by its processes, so the processes of one
 run folder keep their relative times: ts = (time - the folder's earliest record) in microseconds. Several run
@@ -26,11 +27,13 @@ import orjson
 
 from .job import Job, Process, RunFolder
 from .reader import ReadStats
+from .verdict import place
 
 PRE = "function_call (pre)"
 EXCEPTION = "function_call (post) (exception)"
 STATE = "state_change"
 ARG_CHARS = 500  # an argument envelope longer than this is cut (the UI holds every arg of every slice)
+VIOLATION_NAME_CHARS = 80  # of the invariant's text in a violation's event name (its args hold it whole)
 STEPS_TID = 0
 
 
@@ -45,6 +48,7 @@ class ChromeStats:
     slices: int = 0  # logged calls written as slices
     unfinished: int = 0  # of them, calls with no post record (process killed): their slice ends at the thread's last record
     instants: int = 0
+    violations: int = 0  # violations of `tc-rewrite --check` (instant events too, not counted in `instants`)
     steps: int = 0
     records: int = 0  # records read
 
@@ -234,6 +238,48 @@ class _Export:
             self.stats.steps += 1
 
 
+def _violation_events(job: Job, processes: list[Process], pids: dict, origin: dict, steps: tuple[int, int] | None):
+    """An instant event per violation of the checked run folders, on the track of the thread whose record showed it
+    (the process's main thread when that thread is unknown; a violation of no traced process goes to the first
+    process of its folder, unless ranks were chosen), at the same time base as the records."""
+    firsts = {}  # id(run) -> its first exported process
+    for p in processes:
+        firsts.setdefault(id(p.run), p)
+    whole_job = len(processes) == len(job.processes)
+    for run, violation, process, thread in place(job, None if whole_job else processes):
+        step = violation.get("step")
+        if steps is not None and not (type(step) is int and steps[0] <= step <= steps[1]):
+            continue
+        process = process or firsts.get(id(run))
+        if process is None:
+            continue
+        t0, offset = origin[id(run)]
+        t = violation.get("time")
+        text = str(violation.get("invariant"))
+        short = text if len(text) <= VIOLATION_NAME_CHARS else text[: VIOLATION_NAME_CHARS - 3] + "..."
+        yield {"ph": "i", "s": "t", "cat": "violation", "name": f"violation: {short}", "pid": pids[id(process)],
+               "tid": (thread or 0) + 1, "ts": (t - t0) / 1000 + offset if type(t) is int else offset,
+               "args": {"step": step, "stage": violation.get("stage"), "rank": violation.get("rank"),
+                        "relation": violation.get("relation"), "invariant": text,
+                        "found_after_s": _found_after(violation),
+                        "calls": [_call_text(c) for c in violation.get("calls") or [] if isinstance(c, dict)]}}
+
+
+def _found_after(violation: dict) -> float | None:
+    """Seconds from the record that showed the violation to tc-rewrite reading the checker's report of it."""
+    t, found = violation.get("time"), violation.get("found")
+    return round((found - t) / 1e9, 3) if type(t) is int and type(found) is int else None
+
+
+def _call_text(call: dict) -> str:
+    """`train.py:72: model(x) (torch.nn...Sequential.forward)`, or the function or variable alone."""
+    if "variable" in call:
+        return f"variable {call['variable']}"
+    if call.get("line") is not None:
+        return f"{call.get('file')}:{call['line']}: {call.get('source')} ({call.get('function')})"
+    return str(call.get("function"))
+
+
 def export_chrome(job: Job, to: str | Path, *, ranks: list[int] | None = None,
                   steps: tuple[int, int] | None = None) -> ChromeStats:
     """Write `job` (or its `ranks`, its calls and states of `steps` A..B inclusive) to `to`; gzip when it ends in
@@ -250,8 +296,13 @@ def export_chrome(job: Job, to: str | Path, *, ranks: list[int] | None = None,
             out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=3) if target.name.endswith(".gz") else raw
             writer = _Writer(out)
             export = _Export(job, writer, steps, stats)
+            pids = {}
             for n, p in enumerate(processes, 1):
                 export.process(p, n)
+                pids[id(p)] = n
+            for event in _violation_events(job, processes, pids, export.origin, steps):
+                writer.event(event)
+                stats.violations += 1
             writer.close({"source": [str(r.root.resolve()) for r in job.runs], "clock": "time.monotonic_ns per machine",
                           "alignment": "per run folder: its earliest record at 0, folders offset by run.json started",
                           "steps": list(steps) if steps else None, "ranks": ranks})
