@@ -213,8 +213,8 @@ def trace_diff(runs, ranks, as_json):
 @click.option("--ranks", metavar="A,B,...", help="Only these ranks' calls and states.")
 @click.option("--json", "as_json", is_flag=True, help="The rows as a JSON list of objects.")
 def trace_query(runs, sql, ranks, as_json):
-    """Run SQL on DuckDB over the views calls, states and sites of RUN (docs/trace-tools.md lists their columns),
-    e.g. "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC". Needs the query extra."""
+    """Run SQL on DuckDB over the views calls, states, sites and violations of RUN (docs/trace-tools.md lists their
+    columns), e.g. "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC". Needs the query extra."""
     from .trace.job import open_job
     from .trace.query import duckdb_module, format_rows, run_query
 
