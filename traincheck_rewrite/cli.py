@@ -131,7 +131,7 @@ def trace_group():
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
 def trace_summary(runs, as_json):
     """Counts of calls, functions, state changes, processes, ranks, steps and stages of RUN (several run folders:
-    one job, one folder per node)."""
+    one job, one folder per node), after the verdict of a run checked with --check."""
     from .trace.summary import format_summary, summarize
 
     with _trace_errors():
