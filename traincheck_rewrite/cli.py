@@ -144,7 +144,7 @@ def trace_summary(runs, as_json):
 @click.option("--to", "to", required=True, metavar="PATH", help="traincheck, parquet: a new (or empty) folder; chrome: a file (.json or .json.gz).")
 @click.option("--format", "fmt", type=click.Choice(["traincheck", "chrome", "parquet"]), default="traincheck", show_default=True)
 @click.option("--ranks", metavar="A,B,...", help="chrome, parquet: only these ranks.")
-@click.option("--steps", metavar="A-B", help="chrome: only calls and state changes of steps A to B (inclusive).")
+@click.option("--steps", metavar="A-B", help="chrome: only calls, state changes and violations of steps A to B (inclusive).")
 def trace_export(runs, to, fmt, ranks, steps):
     """Write the trace of RUN (several run folders: one job, one folder per node) as a folder TrainCheck's engine
     reads as it is (traincheck-infer -f DIR), a timeline for Perfetto / chrome://tracing / vizviewer (chrome), or
@@ -210,7 +210,7 @@ def trace_diff(runs, ranks, as_json):
 @trace_group.command("query")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.argument("sql")
-@click.option("--ranks", metavar="A,B,...", help="Only these ranks' calls and states.")
+@click.option("--ranks", metavar="A,B,...", help="Only these ranks' calls, states and violations.")
 @click.option("--json", "as_json", is_flag=True, help="The rows as a JSON list of objects.")
 def trace_query(runs, sql, ranks, as_json):
     """Run SQL on DuckDB over the views calls, states, sites and violations of RUN (docs/trace-tools.md lists their
