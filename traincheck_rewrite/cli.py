@@ -131,7 +131,7 @@ def trace_group():
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
 def trace_summary(runs, as_json):
     """Counts of calls, functions, state changes, processes, ranks, steps and stages of RUN (several run folders:
-    one job, one folder per node)."""
+    one job, one folder per node), after the verdict of a run checked with --check."""
     from .trace.summary import format_summary, summarize
 
     with _trace_errors():
@@ -144,7 +144,7 @@ def trace_summary(runs, as_json):
 @click.option("--to", "to", required=True, metavar="PATH", help="traincheck, parquet: a new (or empty) folder; chrome: a file (.json or .json.gz).")
 @click.option("--format", "fmt", type=click.Choice(["traincheck", "chrome", "parquet"]), default="traincheck", show_default=True)
 @click.option("--ranks", metavar="A,B,...", help="chrome, parquet: only these ranks.")
-@click.option("--steps", metavar="A-B", help="chrome: only calls and state changes of steps A to B (inclusive).")
+@click.option("--steps", metavar="A-B", help="chrome: only calls, state changes and violations of steps A to B (inclusive).")
 def trace_export(runs, to, fmt, ranks, steps):
     """Write the trace of RUN (several run folders: one job, one folder per node) as a folder TrainCheck's engine
     reads as it is (traincheck-infer -f DIR), a timeline for Perfetto / chrome://tracing / vizviewer (chrome), or
@@ -161,6 +161,8 @@ def trace_export(runs, to, fmt, ranks, steps):
             stats = export_chrome(open_job(runs), to, ranks=_ranks(ranks), steps=_steps(steps))
             click.echo(f"tc-rewrite: wrote {stats.slices} call slices, {stats.steps} step slices and {stats.instants} "
                        f"instant events of {stats.processes} processes ({stats.threads} threads) to {to}", err=True)
+            if stats.violations:
+                click.echo(f"tc-rewrite: and {stats.violations} violations of the check (category violation)", err=True)
         elif fmt == "parquet":
             from .trace.job import open_job
             from .trace.query import export_parquet
@@ -208,11 +210,11 @@ def trace_diff(runs, ranks, as_json):
 @trace_group.command("query")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.argument("sql")
-@click.option("--ranks", metavar="A,B,...", help="Only these ranks' calls and states.")
+@click.option("--ranks", metavar="A,B,...", help="Only these ranks' calls, states and violations.")
 @click.option("--json", "as_json", is_flag=True, help="The rows as a JSON list of objects.")
 def trace_query(runs, sql, ranks, as_json):
-    """Run SQL on DuckDB over the views calls, states and sites of RUN (docs/trace-tools.md lists their columns),
-    e.g. "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC". Needs the query extra."""
+    """Run SQL on DuckDB over the views calls, states, sites and violations of RUN (docs/trace-tools.md lists their
+    columns), e.g. "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC". Needs the query extra."""
     from .trace.job import open_job
     from .trace.query import duckdb_module, format_rows, run_query
 

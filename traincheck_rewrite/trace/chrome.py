@@ -8,7 +8,8 @@ threads; a thread track holds every logged call as a complete slice ("X", catego
 nested, with stage changes and state changes as instant events; a "records per step" counter. The steps track and
 the other threads get tids above every pid of the export, so no two tracks share one. Sort-index metadata orders
 processes and threads for viewers that read it (chrome://tracing; Perfetto's UI orders processes by event count,
-then name).
+then name). A run checked with `tc-rewrite --check` has each violation as an instant
+event (category "violation") on the thread whose record showed it.
 
 Times: records carry `time.monotonic_ns()`, one clock per machine shared by its processes, so the processes of one
 run folder keep their relative times: ts = (time - the folder's earliest record) in microseconds. Several run
@@ -31,11 +32,13 @@ import orjson
 
 from .job import Job, Process, RunFolder
 from .reader import ReadStats
+from .verdict import place
 
 PRE = "function_call (pre)"
 EXCEPTION = "function_call (post) (exception)"
 STATE = "state_change"
 ARG_CHARS = 500  # an argument envelope longer than this is cut (the UI holds every arg of every slice)
+VIOLATION_NAME_CHARS = 80  # of the invariant's text in a violation's event name (its args hold it whole)
 
 
 class ChromeExportError(Exception):
@@ -49,6 +52,7 @@ class ChromeStats:
     slices: int = 0  # logged calls written as slices
     unfinished: int = 0  # of them, calls with no post record (process killed): their slice ends at the thread's last record
     instants: int = 0
+    violations: int = 0  # violations of `tc-rewrite --check` (instant events too, not counted in `instants`)
     steps: int = 0
     records: int = 0  # records read
 
@@ -110,6 +114,7 @@ class _Export:
         started = {id(run): _started(run) for run in job.runs}
         known = [s for s in started.values() if s is not None]
         self.origin: dict = {}  # id(run) -> (earliest record time, offset in us)
+        self.tracks: dict = {}  # id(process) -> (its export pid, the tid of each of its threads, in order)
         for run in job.runs:
             times = [s.first_time for p in job.processes if p.run is run for s in p.sources if s.first_time is not None]
             wall = started[id(run)]
@@ -134,6 +139,7 @@ class _Export:
         threads = p.threads()
         steps_tid = next(tids)
         thread_tids = [pid] + [next(tids) for _ in threads[1:]]  # the main thread's tid is the pid, as on Linux
+        self.tracks[id(p)] = (pid, thread_tids)
         w.event({"ph": "M", "name": "thread_name", "pid": pid, "tid": steps_tid, "args": {"name": "steps"}})
         w.event({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": steps_tid, "args": {"sort_index": 1}})
         step_spans: dict = {}  # step -> [first time, last time, records]
@@ -257,6 +263,50 @@ def _track_ids(processes: list[Process]):
     return pids, itertools.count(top + 1)
 
 
+def _violation_events(job: Job, processes: list[Process], tracks: dict, origin: dict, steps: tuple[int, int] | None):
+    """An instant event per violation of the checked run folders, on the track of the thread whose record showed it
+    (the process's main thread when that thread is unknown; a violation of no traced process goes to the first
+    process of its folder, unless ranks were chosen), at the same time base as the records."""
+    firsts = {}  # id(run) -> its first exported process
+    for p in processes:
+        firsts.setdefault(id(p.run), p)
+    whole_job = len(processes) == len(job.processes)
+    for run, violation, process, thread in place(job, None if whole_job else processes):
+        step = violation.get("step")
+        if steps is not None and not (type(step) is int and steps[0] <= step <= steps[1]):
+            continue
+        process = process or firsts.get(id(run))
+        if process is None:
+            continue
+        t0, offset = origin[id(run)]
+        t = violation.get("time")
+        text = str(violation.get("invariant"))
+        short = text if len(text) <= VIOLATION_NAME_CHARS else text[: VIOLATION_NAME_CHARS - 3] + "..."
+        pid, thread_tids = tracks[id(process)]
+        tid = thread_tids[thread] if type(thread) is int and 0 <= thread < len(thread_tids) else pid
+        yield {"ph": "i", "s": "t", "cat": "violation", "name": f"violation: {short}", "pid": pid,
+               "tid": tid, "ts": (t - t0) / 1000 + offset if type(t) is int else offset,
+               "args": {"step": step, "stage": violation.get("stage"), "rank": violation.get("rank"),
+                        "relation": violation.get("relation"), "invariant": text,
+                        "found_after_s": _found_after(violation),
+                        "calls": [_call_text(c) for c in violation.get("calls") or [] if isinstance(c, dict)]}}
+
+
+def _found_after(violation: dict) -> float | None:
+    """Seconds from the record that showed the violation to tc-rewrite reading the checker's report of it."""
+    t, found = violation.get("time"), violation.get("found")
+    return round((found - t) / 1e9, 3) if type(t) is int and type(found) is int else None
+
+
+def _call_text(call: dict) -> str:
+    """`train.py:72: model(x) (torch.nn...Sequential.forward)`, or the function or variable alone."""
+    if "variable" in call:
+        return f"variable {call['variable']}"
+    if call.get("line") is not None:
+        return f"{call.get('file')}:{call['line']}: {call.get('source')} ({call.get('function')})"
+    return str(call.get("function"))
+
+
 def export_chrome(job: Job, to: str | Path, *, ranks: list[int] | None = None,
                   steps: tuple[int, int] | None = None) -> ChromeStats:
     """Write `job` (or its `ranks`, its calls and states of `steps` A..B inclusive) to `to`; gzip when it ends in
@@ -276,6 +326,9 @@ def export_chrome(job: Job, to: str | Path, *, ranks: list[int] | None = None,
             pids, tids = _track_ids(processes)
             for order, (p, pid) in enumerate(zip(processes, pids)):
                 export.process(p, pid, order, tids)
+            for event in _violation_events(job, processes, export.tracks, export.origin, steps):
+                writer.event(event)
+                stats.violations += 1
             writer.close({"source": [str(r.root.resolve()) for r in job.runs], "clock": "time.monotonic_ns per machine",
                           "alignment": "per run folder: its earliest record at 0, folders offset by run.json started",
                           "steps": list(steps) if steps else None, "ranks": ranks})

@@ -11,6 +11,11 @@ of a call joined into one row while the thread's call stack is open), which Duck
 - states: one row per state record: time, var_name, var_type, mode, dump_loc, data, grad (JSON), attributes (JSON),
   step, stage, process_id, thread_id, rank, run
 - sites: one row per wrapped call site of sites.json: site, file, line, col, end_line, end_col, source, run
+- violations (`trace query` only): one row per call of each violation `tc-rewrite --check` found (a violation
+  naming no call: one row), from check/violations.jsonl: time, step, stage, rank, thread (as the violation names
+  them), relation, invariant, function, file, line, source (the program's line of the call), variable (a variable
+  the violation names), process_id, thread_id (of the process and thread found in the trace), run; empty when no
+  run was checked
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import orjson
 
 from .job import Job, Process, RunFolder
 from .reader import ReadStats
+from .verdict import place
 
 PRE = "function_call (pre)"
 EXCEPTION = "function_call (post) (exception)"
@@ -47,7 +53,13 @@ COLUMNS = {
         "site": "VARCHAR", "file": "VARCHAR", "line": "INTEGER", "col": "INTEGER", "end_line": "INTEGER",
         "end_col": "INTEGER", "source": "VARCHAR", "run": "VARCHAR",
     },
+    "violations": {
+        "time": "BIGINT", "step": "BIGINT", "stage": "VARCHAR", "rank": "INTEGER", "thread": "INTEGER",
+        "relation": "VARCHAR", "invariant": "VARCHAR", "function": "VARCHAR", "file": "VARCHAR", "line": "INTEGER",
+        "source": "VARCHAR", "variable": "VARCHAR", "process_id": "BIGINT", "thread_id": "UBIGINT", "run": "VARCHAR",
+    },
 }
+ONE_FILE = ("sites", "violations")  # tables of one file, <table>.jsonl; the others have one per process
 
 
 class QueryError(Exception):
@@ -172,6 +184,24 @@ def write_tables(job: Job, folder: Path, ranks: list[int] | None = None) -> Read
     return stats
 
 
+def write_violations(job: Job, folder: Path, ranks: list[int] | None = None) -> None:
+    """The violations table as JSON Lines in `folder`: violations.jsonl (empty when no run folder was checked)."""
+    rows = _Lines(folder / "violations.jsonl")
+    try:
+        for run, v, process, thread in place(job, None if ranks is None else job.select(ranks)):
+            where = {"time": _int(v.get("time")), "step": _int(v.get("step")), "stage": v.get("stage"),
+                     "rank": _int(v.get("rank")), "thread": _int(v.get("thread")), "relation": v.get("relation"),
+                     "invariant": v.get("invariant"), "process_id": process.pid if process else None,
+                     "thread_id": process.threads()[thread] if process and thread is not None else None,
+                     "run": str(run.root)}
+            calls = [c for c in v.get("calls") or [] if isinstance(c, dict)] or [{}]
+            for call in calls:
+                rows.add({**where, "function": call.get("function"), "file": call.get("file"),
+                          "line": _int(call.get("line")), "source": call.get("source"), "variable": call.get("variable")})
+    finally:
+        rows.close()
+
+
 def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
@@ -184,16 +214,17 @@ def _reader(files: list[Path], table: str) -> str:
 
 @contextmanager
 def connect(job: Job, ranks: list[int] | None = None):
-    """A DuckDB connection with the views calls, states and sites over `job` (flattened into a temporary folder,
-    removed on exit)."""
+    """A DuckDB connection with the views calls, states, sites and violations over `job` (flattened into a
+    temporary folder, removed on exit)."""
     duckdb = duckdb_module()
     folder = Path(tempfile.mkdtemp(prefix="tc-query-"))
     try:
         write_tables(job, folder, ranks)
+        write_violations(job, folder, ranks)
         con = duckdb.connect()
         try:
             for table in COLUMNS:
-                files = sorted(folder.glob(f"{table}_*.jsonl")) if table != "sites" else [folder / "sites.jsonl"]
+                files = sorted(folder.glob(f"{table}_*.jsonl")) if table not in ONE_FILE else [folder / f"{table}.jsonl"]
                 if not files:  # no process selected: an empty file still gives the columns
                     files = [folder / f"{table}_none.jsonl"]
                     files[0].touch()

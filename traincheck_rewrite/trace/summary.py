@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from .reader import ReadStats, read_records
+from .verdict import format_verdict
 
 PRE = "function_call (pre)"
 POST = "function_call (post)"
@@ -14,16 +15,16 @@ EXCEPTION = "function_call (post) (exception)"
 STATE = "state_change"
 
 
-def _exit_code(run_dir: Path):
-    """`exit_code` of the run's run.json (beside the traces folder), or None."""
+def _run_info(run_dir: Path) -> dict:
+    """The run's run.json (beside the traces folder), or {}."""
     for candidate in (run_dir / "run.json", run_dir.parent / "run.json" if run_dir.name == "traces" else None):
         if candidate is not None and candidate.is_file():
             try:
                 info = json.loads(candidate.read_text(encoding="utf-8"))
             except (ValueError, OSError):
-                return None
-            return info.get("exit_code") if isinstance(info, dict) else None
-    return None
+                return {}
+            return info if isinstance(info, dict) else {}
+    return {}
 
 
 def summarize(run_dir: str | Path | list) -> dict:
@@ -33,8 +34,11 @@ def summarize(run_dir: str | Path | list) -> dict:
     api_calls: completed calls (post + exception records); functions: {function: completed calls}, most first;
     open_calls: calls with a pre record and no post/exception; stages: {stage: records}, a record without
     `meta_vars.stage` counting as "init"; max_step: the largest int `meta_vars.step` (0 if none); ranks: the
-    distinct int `meta_vars.rank`; exit_code: the program's (of several folders: the first non-zero one)."""
-    folders = [Path(p) for p in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+    distinct int `meta_vars.rank`; exit_code: the program's (of several folders: the first non-zero one); check
+    (only when the run was checked, `tc-rewrite --check`): run.json's `check` (of several folders: a list, one per
+    folder, None for a folder not checked)."""
+    several = isinstance(run_dir, (list, tuple))
+    folders = [Path(p) for p in run_dir] if several else [Path(run_dir)]
     stats = ReadStats()
     ranks: set = set()
     functions: Counter = Counter()
@@ -73,7 +77,8 @@ def summarize(run_dir: str | Path | list) -> dict:
         elif kind == STATE:
             state_changes += 1
             variables.add(r.get("var_name"))
-    return {
+    infos = [_run_info(f) for f in folders]
+    summary = {
         "records": stats.records,
         "files": stats.files,
         "api_calls": sum(functions.values()),
@@ -89,8 +94,12 @@ def summarize(run_dir: str | Path | list) -> dict:
         "truncated_files": len(stats.truncated_files),
         "bad_lines": stats.bad_lines,
         "ranks": sorted(ranks),
-        "exit_code": _job_exit_code([_exit_code(f) for f in folders]),
+        "exit_code": _job_exit_code([info.get("exit_code") for info in infos]),
     }
+    checks = [info.get("check") if isinstance(info.get("check"), dict) else None for info in infos]
+    if any(checks):
+        summary["check"] = checks if several else checks[0]
+    return summary
 
 
 def _job_exit_code(codes: list):
@@ -113,7 +122,8 @@ def _ranks_text(ranks: list[int]) -> str:
 
 
 def format_summary(d: dict, top: int = 20) -> str:
-    """A fixed-width table: the totals, the `top` functions by completed calls, then records per stage."""
+    """The verdict of the check (when the run was checked), then a fixed-width table: the totals, the `top`
+    functions by completed calls, then records per stage."""
     exit_code = d.get("exit_code")
     rows = [
         ("records", d["records"]),
@@ -132,7 +142,10 @@ def format_summary(d: dict, top: int = 20) -> str:
         ("max step", d["max_step"]),
         ("program exit code", "-" if exit_code is None else exit_code),
     ]
-    out = [f"{name:<24}{value:>12}" for name, value in rows]
+    checks = d.get("check")
+    out = [format_verdict(c) for c in (checks if isinstance(checks, list) else [checks]) if isinstance(c, dict)]
+    out += [""] if out else []
+    out += [f"{name:<24}{value:>12}" for name, value in rows]
     functions = sorted(d["functions"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     if functions:
         out += ["", f"{'calls':>12}  function (top {len(functions)} of {len(d['functions'])})"]
