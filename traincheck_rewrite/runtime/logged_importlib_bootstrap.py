@@ -20,7 +20,7 @@ from types import MethodType
 from . import meta
 from .encode import EXC, POST, PRE
 from .lookup import BOUND, FORWARD, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
-from .values import encoded, encoded_return, number, type_name
+from .values import _tensor_types, encoded, encoded_return, number, type_name
 from .warn import warn_once
 from .writer import BATCH
 
@@ -59,7 +59,11 @@ def hook(site, fn):
         return fn
     info = found[0]
     if not (info[LOGGED] or info[ROLE]):
+        if _c_call is not None:
+            return _c_call(site, fn, None, found[1])
         return MethodType(numbered, (fn, found[1]))
+    if _c_call is not None:
+        return _c_call(site, fn, info, found[1])
     return MethodType(logged, (site, fn, info, found[1]))
 
 
@@ -74,6 +78,11 @@ def numbered(ctx, *args, **kwargs):
     result = fn(*args, **kwargs)
     _number(result)
     return result
+
+
+def _number_call(owner, args: tuple, kwargs: dict | None) -> None:
+    """`numbered`'s numbering before the call, for the C wrapper."""
+    _number(owner, *args, *(kwargs.values() if kwargs else ()))
 
 
 def logged(ctx, *args, **kwargs):
@@ -128,8 +137,24 @@ def logged(ctx, *args, **kwargs):
 
 def _logged_general(s, site, fn, info, owner, args, kwargs):
     """Calls with a role for steps or stage, state to check, sampling or selection, or made while compiling."""
-    if s is None or compiling():
+    token = general_begin(s, site, fn, info, owner, args, kwargs)
+    if token is None:
         return fn(*args, **kwargs)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        general_end(token, None, exc)
+        raise
+    general_end(token, result, None)
+    return result
+
+
+def general_begin(s, site, fn, info, owner, args, kwargs):
+    """The general path up to the call: None when the call is to run plainly (not recording, compiling, the open
+    call reached again, a recorder error), else what `general_end` needs after it. Shared by `_logged_general` and
+    the C wrapper."""
+    if s is None or compiling():
+        return None
     tracker = s.tracker
     check = skip = False
     local = s.local
@@ -144,7 +169,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
         recorder_error(exc)
     if again:
         local.quiet = outer_quiet
-        return fn(*args, **kwargs)
+        return None
     try:
         name, bound, _, role, restage, logged_, dump_args = info[:7]
         if role:
@@ -164,18 +189,12 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
     except Exception as exc:
         local.quiet = outer_quiet
         recorder_error(exc)
-        return fn(*args, **kwargs)
+        return None
     local.quiet = outer_quiet
     if skip:
         _number(owner, *args, *kwargs.values())
         thread.unrecorded += 1
-        try:
-            result = fn(*args, **kwargs)
-        finally:
-            thread.unrecorded -= 1
-            unrecorded_after(s, role, check and info)
-        _number(result)
-        return result
+        return (None, s, thread, role, check and info)
     local.quiet = True
     try:
         proxies = _NO_PROXIES
@@ -198,16 +217,22 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
     except Exception as exc:
         local.quiet = outer_quiet
         recorder_error(exc)
-        return fn(*args, **kwargs)
+        return None
     stack.append(pre)
     local.quiet = outer_quiet
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        after_call(s, thread, n, info, parent, restage, check, exc)
-        raise
-    after_call(s, thread, n, info, parent, restage, check, None, result)
-    return result
+    return (s, thread, n, info, parent, restage, check)
+
+
+def general_end(token: tuple, result, exc: BaseException | None) -> None:
+    """The general path after the call (`exc` None: it returned `result`)."""
+    if token[0] is None:  # no API records: skipped by sampling, or not selected
+        _, s, thread, role, checked_info = token
+        thread.unrecorded -= 1
+        unrecorded_after(s, role, checked_info)
+        if exc is None:
+            _number(result)
+    else:
+        after_call(*token, exc, result)
 
 
 def wraps_open_call(open_pre: tuple, info: tuple, owner, args: tuple) -> bool:
@@ -368,3 +393,15 @@ def worker_meta(s) -> None:
 
 def recorder_error(exc: Exception) -> None:
     warn_once(f"recorder error ({type(exc).__name__}: {exc}); the program runs on, this call is not logged")
+
+
+try:
+    from . import _speedups
+except ImportError:  # not built: `logged` and `numbered` above are the wrappers
+    _c_call = None
+else:  # the same wrappers as a C callable (_speedups.c): no Python frame between the program's call and the callee
+    _speedups.configure_calls(
+        globals(), meta.__dict__, general_begin, general_end, closed_by_exception, recorder_error, encoded,
+        encoded_return, _number_call, _number, _tensor_types, BATCH,
+    )  # fmt: skip
+    _c_call = _speedups.logged_call
