@@ -540,21 +540,25 @@ static void record_raised(PyObject *record, PyObject **callargs, Py_ssize_t n) {
     PyErr_Restore(type, value, tb);
 }
 
-/* The post record (POST, n, time, meta, info, parent, return envelope) appended to `records`. */
+/* The post record (POST, n, time, meta, info, parent, return envelope) appended to `records`: timed as the call
+ * returned, before its result is encoded (as `logged` does). */
 static int append_post(PyObject *records, PyObject *n, PyObject *info, PyObject *parent, PyObject *result) {
-    PyObject *ret = PyTuple_CheckExact(result) ? PyObject_CallOneArg(encoded_return_fn, result) : encode_value(result);
-    if (ret == NULL)
+    PyObject *stamp = now_ns();
+    if (stamp == NULL)
         return -1;
-    PyObject *stamp = now_ns(), *post = NULL;
-    PyObject *meta = stamp == NULL ? NULL : PyDict_GetItemWithError(meta_globals, s_current);
-    if (meta != NULL)
-        post = PyTuple_Pack(7, post_kind, n, stamp, meta, info, parent, ret);
-    else if (stamp != NULL && !PyErr_Occurred())
+    PyObject *meta = PyDict_GetItemWithError(meta_globals, s_current), *ret = NULL, *post = NULL;
+    if (meta == NULL && !PyErr_Occurred())
         PyErr_SetString(PyExc_RuntimeError, "meta.current is missing");
+    Py_XINCREF(meta); /* encoding may replace meta.current */
+    if (meta != NULL)
+        ret = PyTuple_CheckExact(result) ? PyObject_CallOneArg(encoded_return_fn, result) : encode_value(result);
+    if (ret != NULL)
+        post = PyTuple_Pack(7, post_kind, n, stamp, meta, info, parent, ret);
     int rc = post == NULL ? -1 : PyList_Append(records, post);
     Py_XDECREF(post);
-    Py_XDECREF(stamp);
-    Py_DECREF(ret);
+    Py_XDECREF(ret);
+    Py_XDECREF(meta);
+    Py_DECREF(stamp);
     return rc;
 }
 

@@ -1,10 +1,19 @@
 """The logged call: what `_tc_(site, fn)(...)` runs when `fn` is an instrumented API, and the records it keeps.
 
-Why this file's name holds "importlib" and "_bootstrap": CPython's `warnings` (C `is_internal_frame`) and, from 3.11,
-`logging` (`_is_internal_frame`) skip the frames of such files when they count `stacklevel`, as they skip the import
-machinery's. So `warnings.warn(..., stacklevel=2)` or `logger.info(..., stacklevel=2)` inside a logged callee names
-the user's line, as in the plain run. Every frame that stands between the user's call and the callee lives here
-(`logged`, `_logged_general`); tests/test_transparency.py checks both.
+Where `_speedups` is built (setup.py), the wrapper `hook` returns is a C callable (`_speedups.LoggedCall`): it does
+the plain path itself and calls `general_begin`/`general_end` around the call on the general path, and it is no
+Python frame, so while the callee runs the innermost Python frame is the program's. A warning raised by torch's C++
+code (stacklevel 1 names the innermost Python frame), `inspect`, `sys._getframe` and tracebacks then see the
+program's line, as in the plain run.
+
+`logged` and `numbered` below are the same wrappers in Python: the reference (tests/test_speedups.py compares the
+records of both) and what runs where nothing compiled the C part. They are Python frames, so there a warning raised
+with stacklevel 1 by C code inside a logged call names this file (and the default filter shows it once, not once per
+program line), and a traceback the program formats itself shows a frame of it. Why this file's name holds
+"importlib" and "_bootstrap": CPython's `warnings` (C `is_internal_frame`) and, from 3.11, `logging`
+(`_is_internal_frame`) skip the frames of such files when they count `stacklevel`, as they skip the import
+machinery's. So even there `warnings.warn(..., stacklevel=2)` or `logger.info(..., stacklevel=2)` inside a logged
+callee names the user's line (tests/test_transparency.py).
 
 A call on the plain path (most calls: no step/stage role, no tracked state to check, no sampling) appends two tuples
 to its thread's records (encode.py) and computes argument envelopes once per kind of tensor (values.encoded).
