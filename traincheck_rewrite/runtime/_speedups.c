@@ -540,6 +540,12 @@ static void record_raised(PyObject *record, PyObject **callargs, Py_ssize_t n) {
     PyErr_Restore(type, value, tb);
 }
 
+/* untracked_record: the pre and post records leave the garbage collector's lists as they are made. They hold only
+ * atoms, the meta dict (never changed once made) and tuples, dicts and lists of strings, so they can be in no cycle;
+ * but a tuple holding a dict is never untracked by the collector itself, and a batch of records waits in memory
+ * long enough to be moved to the oldest generation, whose growth makes the collector walk every object of the
+ * process (torch's included) every 20,000 or so logged calls. */
+
 /* The post record (POST, n, time, meta, info, parent, return envelope) appended to `records`: timed as the call
  * returned, before its result is encoded (as `logged` does). */
 static int append_post(PyObject *records, PyObject *n, PyObject *info, PyObject *parent, PyObject *result) {
@@ -552,8 +558,8 @@ static int append_post(PyObject *records, PyObject *n, PyObject *info, PyObject 
     Py_XINCREF(meta); /* encoding may replace meta.current */
     if (meta != NULL)
         ret = PyTuple_CheckExact(result) ? PyObject_CallOneArg(encoded_return_fn, result) : encode_value(result);
-    if (ret != NULL)
-        post = PyTuple_Pack(7, post_kind, n, stamp, meta, info, parent, ret);
+    if (ret != NULL && (post = PyTuple_Pack(7, post_kind, n, stamp, meta, info, parent, ret)) != NULL)
+        PyObject_GC_UnTrack(post); /* see untracked_record */
     int rc = post == NULL ? -1 : PyList_Append(records, post);
     Py_XDECREF(post);
     Py_XDECREF(ret);
@@ -692,6 +698,8 @@ static PyObject *plain_path(LoggedCall *self, PyObject *s, PyObject *const *args
         parent = PyTuple_GET_ITEM(PyList_GET_ITEM(stack, depth - 1), 1);
     pre = PyTuple_Pack(11, pre_kind, n, stamp, meta, info, self->site, obj_id, parent, envs, kw ? kw : Py_None,
                        proxies ? proxies : no_proxies);
+    if (pre != NULL)
+        PyObject_GC_UnTrack(pre); /* see untracked_record */
     if (pre == NULL || (records = PyObject_GetAttr(thread, s_records)) == NULL || PyList_Append(records, pre) < 0 ||
         PyList_Append(stack, pre) < 0)
         goto failed;
