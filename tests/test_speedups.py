@@ -4,6 +4,7 @@ JSON text equal to the envelope dicts with the same data ids."""
 
 from __future__ import annotations
 
+import gc
 import re
 import subprocess
 import sys
@@ -128,12 +129,15 @@ def test_a_storage_keeps_its_id_while_it_lives_and_a_new_one_gets_a_new_id(data_
     assert data_id(a) == first
 
 
-def _records_of(tmp_path: Path, wrap) -> tuple[list, list]:
+def _records_of(tmp_path: Path, wrap, plain: bool) -> tuple[list, list]:
     """The records of a set of logged calls made through `wrap(site, fn, info, owner)`, with call numbers counted from
-    the first, times and data ids left out (new tensors get new ids), and what each call returned or raised."""
+    the first, times and data ids left out (new tensors get new ids), and what each call returned or raised. `plain`:
+    calls may take the plain path (as in a program's main process), else all go the general way (as while a
+    DataLoader worker learns its id)."""
     from traincheck_rewrite.runtime import lookup, recorder
 
-    recorder.start(str(tmp_path), ("torch",))
+    recorder.start(str(tmp_path), ("torch",))  # torch is imported: the recorder expects to be a DataLoader worker
+    recorder._state.worker_check, recorder._state.plain = (0, True) if plain else (1000, False)
     try:
         x = torch.ones(2, 2)
         model = torch.nn.Linear(2, 2)
@@ -158,6 +162,7 @@ def _records_of(tmp_path: Path, wrap) -> tuple[list, list]:
         loss.backward()
         logged(optimizer.step)()  # the general path: a role
         records = [r for r in recorder._state.local.thread.records]
+        untracked = [not gc.is_tracked(r) for r in records]
     finally:
         recorder.flush_all(close=True)
         recorder._set_state(None)
@@ -178,19 +183,22 @@ def _records_of(tmp_path: Path, wrap) -> tuple[list, list]:
             r[6] = strip(r[6])
         r[3] = dict(r[3])
         kept.append(r)
-    return kept, [o if isinstance(o, list) else type(o).__name__ for o in outcomes]
+    return kept, [o if isinstance(o, list) else type(o).__name__ for o in outcomes], untracked
 
 
-def test_the_c_wrapper_keeps_the_records_of_the_python_wrapper_and_adds_no_frame(tmp_path: Path):
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-path", "general-path"])
+def test_the_c_wrapper_keeps_the_records_of_the_python_wrapper_and_adds_no_frame(tmp_path: Path, plain: bool):
     """The Python `logged` stays the reference and the fallback: both wrappers give the same records and results; a
-    traceback through the C one has no frame of the recorder (the Python one has `logged`)."""
+    traceback through the C one has no frame of the recorder (the Python one has `logged`). The C wrapper's plain
+    path keeps its records out of the garbage collector's lists (they would grow its oldest generation)."""
     from types import MethodType
 
     from traincheck_rewrite.runtime import logged_importlib_bootstrap as calls
 
-    c_records, c_outcomes = _records_of(tmp_path / "c", _speedups.logged_call)
-    py_records, py_outcomes = _records_of(tmp_path / "py", lambda *ctx: MethodType(calls.logged, ctx))
+    c_records, c_outcomes, c_untracked = _records_of(tmp_path / "c", _speedups.logged_call, plain)
+    py_records, py_outcomes, _ = _records_of(tmp_path / "py", lambda *ctx: MethodType(calls.logged, ctx), plain)
     assert c_records == py_records and len(c_records) > 10
+    assert sum(c_untracked) >= (8 if plain else 0)  # the five calls before the exception, and the exception's pre
     assert {r[0] for r in c_records} == {PRE, POST, EXC}
     assert c_outcomes[-1] == ["_records_of"] and py_outcomes[-1][:2] == ["_records_of", "logged"]
     assert c_outcomes[:-1] == py_outcomes[:-1]
