@@ -405,12 +405,12 @@ def recorder_error(exc: Exception) -> None:
 
 
 try:
-    from . import _speedups
-except ImportError:  # not built: `logged` and `numbered` above are the wrappers
+    from ._speedups import configure_calls, logged_call
+except ImportError:  # not built, or built from an older _speedups.c: `logged` and `numbered` above are the wrappers
     _c_call = None
 else:  # the same wrappers as a C callable (_speedups.c): no Python frame between the program's call and the callee
-    _speedups.configure_calls(
+    configure_calls(
         globals(), meta.__dict__, general_begin, general_end, closed_by_exception, recorder_error, encoded,
         encoded_return, _number_call, _number, _tensor_types, BATCH,
     )  # fmt: skip
-    _c_call = _speedups.logged_call
+    _c_call = logged_call
