@@ -10,7 +10,9 @@
 #include <Python.h>
 #include <stddef.h>
 #include <string.h>
+#ifdef __linux__
 #include <time.h>
+#endif
 
 enum { PRE = 0, POST = 1, EXC = 2, DICT = 3 };
 enum { NAME_JSON = 7, BOUND_JSON = 8 }; /* lookup.py's info tuple */
@@ -469,11 +471,20 @@ static PyObject *pre_kind, *post_kind, *no_proxies;
 static PyObject *s_state, *s_compiling, *s_current, *s_plain, *s_local, *s_thread, *s_new_thread, *s_stack,
     *s_unrecorded, *s_records, *s_steps, *s_refresh, *s_ids, *s_tracker, *s_names_by_id, *s_proxy_names, *s_flush_thread;
 
+/* time.monotonic_ns(): read directly on Linux, where CPython reads CLOCK_MONOTONIC; elsewhere its clock may differ
+ * (macOS: mach_absolute_time), so it is called. */
+#ifdef __linux__
 static PyObject *now_ns(void) {
-    struct timespec ts; /* time.monotonic_ns's clock */
+    struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
 }
+#else
+static PyObject *monotonic_ns;
+static PyObject *now_ns(void) {
+    return PyObject_CallNoArgs(monotonic_ns);
+}
+#endif
 
 /* A recorder error (an Exception) is reported once and the call goes on; anything else (KeyboardInterrupt) is raised. */
 static int recorder_failed(void) {
@@ -937,6 +948,13 @@ static int init_calls(PyObject *module) {
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return -1;
+#ifndef __linux__
+    PyObject *time_module = PyImport_ImportModule("time");
+    monotonic_ns = time_module == NULL ? NULL : PyObject_GetAttrString(time_module, "monotonic_ns");
+    Py_XDECREF(time_module);
+    if (monotonic_ns == NULL)
+        return -1;
+#endif
     if ((pre_kind = PyLong_FromLong(PRE)) == NULL || (post_kind = PyLong_FromLong(POST)) == NULL ||
         (no_proxies = PyTuple_New(0)) == NULL || PyType_Ready(&LoggedCallType) < 0)
         return -1;
