@@ -248,6 +248,10 @@ def _per_call(recorder, trace_dir: str, fn, args: tuple, mode: str, n: int) -> f
     `before` (inside a loop before it is known to be the training loop: the records are held, then relabelled when its
     first optimizer step makes it known, which is timed too)."""
     recorder.start(trace_dir, ("torch",))
+    # torch, imported before the recorder started, has loaded multiprocessing.spawn: the recorder took this process
+    # for a spawned DataLoader worker and would send its first 1000 calls the general way to learn a worker id. A
+    # run's main process starts the recorder before torch and takes the plain path from its first call.
+    recorder._state.worker_check, recorder._state.plain = 0, True
     hook, steps = recorder.hook, recorder._state.steps
     if mode in ("training", "before"):
         steps.iteration(7, time.monotonic_ns())

@@ -4,6 +4,8 @@ JSON text equal to the envelope dicts with the same data ids."""
 
 from __future__ import annotations
 
+import gc
+import re
 import subprocess
 import sys
 import time
@@ -125,3 +127,78 @@ def test_a_storage_keeps_its_id_while_it_lives_and_a_new_one_gets_a_new_id(data_
         seen.add(n)
         del b
     assert data_id(a) == first
+
+
+def _records_of(tmp_path: Path, wrap, plain: bool) -> tuple[list, list]:
+    """The records of a set of logged calls made through `wrap(site, fn, info, owner)`, with call numbers counted from
+    the first, times and data ids left out (new tensors get new ids), and what each call returned or raised. `plain`:
+    calls may take the plain path (as in a program's main process), else all go the general way (as while a
+    DataLoader worker learns its id)."""
+    from traincheck_rewrite.runtime import lookup, recorder
+
+    recorder.start(str(tmp_path), ("torch",))  # torch is imported: the recorder expects to be a DataLoader worker
+    recorder._state.worker_check, recorder._state.plain = (0, True) if plain else (1000, False)
+    try:
+        x = torch.ones(2, 2)
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def logged(fn):
+            info, owner = lookup.lookup(fn)
+            return wrap(1, fn, info, owner)
+
+        outcomes = [
+            logged(torch.add)(x, x, alpha=2),  # keyword arguments
+            logged(x.add)(1),  # a bound C method: its owner first
+            logged(torch.nn.functional.linear)(x, model.weight),
+            logged(torch.split)(torch.arange(4), 2),  # a tuple returned
+            logged(torch.get_default_dtype)(),
+        ]
+        try:
+            logged(torch.matmul)(torch.ones(2, 3), torch.ones(2, 3))
+        except RuntimeError as exc:
+            outcomes.append([f.name for f in __import__("traceback").extract_tb(exc.__traceback__)])
+        loss = logged(model)(x).sum()  # a tracked-state-free module call: the general path (forward)
+        loss.backward()
+        logged(optimizer.step)()  # the general path: a role
+        records = [r for r in recorder._state.local.thread.records]
+        untracked = [not gc.is_tracked(r) for r in records]
+    finally:
+        recorder.flush_all(close=True)
+        recorder._set_state(None)
+    first = records[0][1]
+    strip = lambda v: re.sub(r',"data_id":\d+', "", v) if isinstance(v, str) else v  # noqa: E731
+    kept = []
+    for r in records:
+        r = list(r)
+        r[1] -= first
+        r[2] = None
+        if r[0] == PRE:
+            r[7] = None if r[7] is None else r[7] - first
+            r[6] = r[6] is not None  # an object's address: present or not
+            r[8] = tuple(map(strip, r[8]))
+            r[9] = r[9] and {k: strip(v) for k, v in r[9].items()}
+        elif r[0] in (POST, EXC):
+            r[5] = None if r[5] is None else r[5] - first
+            r[6] = strip(r[6])
+        r[3] = dict(r[3])
+        kept.append(r)
+    return kept, [o if isinstance(o, list) else type(o).__name__ for o in outcomes], untracked
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-path", "general-path"])
+def test_the_c_wrapper_keeps_the_records_of_the_python_wrapper_and_adds_no_frame(tmp_path: Path, plain: bool):
+    """The Python `logged` stays the reference and the fallback: both wrappers give the same records and results; a
+    traceback through the C one has no frame of the recorder (the Python one has `logged`). The C wrapper's plain
+    path keeps its records out of the garbage collector's lists (they would grow its oldest generation)."""
+    from types import MethodType
+
+    from traincheck_rewrite.runtime import logged_importlib_bootstrap as calls
+
+    c_records, c_outcomes, c_untracked = _records_of(tmp_path / "c", _speedups.logged_call, plain)
+    py_records, py_outcomes, _ = _records_of(tmp_path / "py", lambda *ctx: MethodType(calls.logged, ctx), plain)
+    assert c_records == py_records and len(c_records) > 10
+    assert sum(c_untracked) >= (8 if plain else 0)  # the five calls before the exception, and the exception's pre
+    assert {r[0] for r in c_records} == {PRE, POST, EXC}
+    assert c_outcomes[-1] == ["_records_of"] and py_outcomes[-1][:2] == ["_records_of", "logged"]
+    assert c_outcomes[:-1] == py_outcomes[:-1]

@@ -8,7 +8,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <string.h>
+#ifdef __linux__
+#include <time.h>
+#endif
 
 enum { PRE = 0, POST = 1, EXC = 2, DICT = 3 };
 enum { NAME_JSON = 7, BOUND_JSON = 8 }; /* lookup.py's info tuple */
@@ -443,12 +447,531 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ==== The logged call as a C callable ================================================================================
+ * logged_importlib_bootstrap.py's `logged` and `numbered` (which stay the reference and the fallback), as a callable
+ * type. Being no Python frame is its point: while the callee runs, the innermost Python frame is the program's own,
+ * so a warning that torch's C++ code raises with stacklevel 1 (or Python code with any stacklevel), `inspect` and
+ * tracebacks see the program's line, as in the plain run. The plain path (most calls) is done here; the general
+ * path's halves before and after the call are the Python `general_begin` and `general_end`. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *site, *fn, *info, *owner; /* info NULL: a call that only numbers its tensors (`numbered`) */
+    vectorcallfunc vectorcall;
+} LoggedCall;
+
+enum { INFO_NAME = 0, INFO_BOUND = 1, INFO_PLAIN = 9 }; /* lookup.py's info tuple */
+
+static PyObject *calls_globals, *meta_globals;     /* the dicts `state`, `compiling` and `current` are read from */
+static PyObject *general_begin, *general_end;      /* the general path's halves */
+static PyObject *closed_by_exception, *recorder_error_fn, *encoded_fn, *encoded_return_fn, *number_call_fn, *number_fn;
+static PyObject *tensor_types;                     /* values._tensor_types: tensor_text's types */
+static Py_ssize_t batch_size;
+static PyObject *pre_kind, *post_kind, *no_proxies;
+static PyObject *s_state, *s_compiling, *s_current, *s_plain, *s_local, *s_thread, *s_new_thread, *s_stack,
+    *s_unrecorded, *s_records, *s_steps, *s_refresh, *s_ids, *s_tracker, *s_names_by_id, *s_proxy_names, *s_flush_thread;
+
+/* time.monotonic_ns(): read directly on Linux, where CPython reads CLOCK_MONOTONIC; elsewhere its clock may differ
+ * (macOS: mach_absolute_time), so it is called. */
+#ifdef __linux__
+static PyObject *now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+}
+#else
+static PyObject *monotonic_ns;
+static PyObject *now_ns(void) {
+    return PyObject_CallNoArgs(monotonic_ns);
+}
+#endif
+
+/* A recorder error (an Exception) is reported once and the call goes on; anything else (KeyboardInterrupt) is raised. */
+static int recorder_failed(void) {
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *r = PyObject_CallOneArg(recorder_error_fn, value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *args_tuple(PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *t = PyTuple_New(nargs);
+    if (t == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(t, i, Py_NewRef(args[i]));
+    return t;
+}
+
+/* The keyword arguments as a dict; NULL with no error when there are none and `empty_as_null`. */
+static PyObject *kwargs_dict(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int empty_as_null) {
+    Py_ssize_t nk = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nk == 0 && empty_as_null)
+        return NULL;
+    PyObject *d = PyDict_New();
+    for (Py_ssize_t i = 0; d != NULL && i < nk; i++) {
+        if (PyDict_SetItem(d, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0)
+            Py_CLEAR(d);
+    }
+    return d;
+}
+
+/* values.encoded(v): a tensor of a known type straight to tensor_text, the rest through the Python code. */
+static PyObject *encode_value(PyObject *v) {
+    int tensor = PySet_Contains(tensor_types, (PyObject *)Py_TYPE(v));
+    if (tensor < 0)
+        return NULL;
+    return tensor ? tensor_text(NULL, v) : PyObject_CallOneArg(encoded_fn, v);
+}
+
+/* The exception the callee raised is kept aside while `record(*callargs, exc)` records it, then raised again as it
+ * was (the same object and traceback); `callargs` has a last slot for the exception. */
+static void record_raised(PyObject *record, PyObject **callargs, Py_ssize_t n) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    callargs[n - 1] = value != NULL ? value : Py_None;
+    PyObject *r = PyObject_Vectorcall(record, callargs, n, NULL);
+    if (r == NULL) { /* the recorder's own failure is raised instead, as from the Python wrapper */
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, value, tb);
+}
+
+/* untracked_record: the pre and post records leave the garbage collector's lists as they are made. They hold only
+ * atoms, the meta dict (never changed once made) and tuples, dicts and lists of strings, so they can be in no cycle;
+ * but a tuple holding a dict is never untracked by the collector itself, and a batch of records waits in memory
+ * long enough to be moved to the oldest generation, whose growth makes the collector walk every object of the
+ * process (torch's included: 80-90 ms) after every few tens of thousands of logged calls. */
+
+/* The post record (POST, n, time, meta, info, parent, return envelope) appended to `records`: timed as the call
+ * returned, before its result is encoded (as `logged` does). */
+static int append_post(PyObject *records, PyObject *n, PyObject *info, PyObject *parent, PyObject *result) {
+    PyObject *stamp = now_ns();
+    if (stamp == NULL)
+        return -1;
+    PyObject *meta = PyDict_GetItemWithError(meta_globals, s_current), *ret = NULL, *post = NULL;
+    if (meta == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "meta.current is missing");
+    Py_XINCREF(meta); /* encoding may replace meta.current */
+    if (meta != NULL)
+        ret = PyTuple_CheckExact(result) ? PyObject_CallOneArg(encoded_return_fn, result) : encode_value(result);
+    if (ret != NULL && (post = PyTuple_Pack(7, post_kind, n, stamp, meta, info, parent, ret)) != NULL)
+        PyObject_GC_UnTrack(post); /* see untracked_record */
+    int rc = post == NULL ? -1 : PyList_Append(records, post);
+    Py_XDECREF(post);
+    Py_XDECREF(ret);
+    Py_XDECREF(meta);
+    Py_DECREF(stamp);
+    return rc;
+}
+
+/* lookup.wraps_open_call */
+static int wraps_open_call(PyObject *open_pre, PyObject *info, PyObject *owner, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *open_info = PyTuple_GET_ITEM(open_pre, 4);
+    PyObject *a = PyTuple_GET_ITEM(open_info, INFO_NAME), *b = PyTuple_GET_ITEM(info, INFO_NAME);
+    if (a != b) {
+        int same = PyObject_RichCompareBool(a, b, Py_EQ);
+        if (same <= 0)
+            return same;
+    }
+    PyObject *this = owner != Py_None ? owner : (PyObject_IsTrue(PyTuple_GET_ITEM(info, INFO_BOUND)) && nargs) ? args[0] : NULL;
+    if (this == NULL)
+        return 0;
+    PyObject *id = PyLong_FromVoidPtr(this);
+    if (id == NULL)
+        return -1;
+    int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(open_pre, 6), id, Py_EQ);
+    Py_DECREF(id);
+    return same;
+}
+
+/* `logged`'s plain path: a pre record, the call, a post (or exception) record. */
+static PyObject *plain_path(LoggedCall *self, PyObject *s, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *info = self->info, *owner = self->owner;
+    PyObject *local = NULL, *thread = NULL, *stack = NULL, *records = NULL, *pre = NULL, *envs = NULL, *kw = NULL;
+    PyObject *n = NULL, *stamp = NULL, *obj_id = NULL, *proxies = NULL, *tracker = NULL, *ids = NULL, *result;
+    PyObject *parent = Py_None, *meta, *steps;
+    if ((local = PyObject_GetAttr(s, s_local)) == NULL || (thread = PyObject_GetAttr(local, s_thread)) == NULL)
+        goto failed;
+    if (thread == Py_None) {
+        Py_DECREF(thread);
+        if ((thread = PyObject_CallMethodNoArgs(s, s_new_thread)) == NULL)
+            goto failed;
+    }
+    if ((stack = PyObject_GetAttr(thread, s_stack)) == NULL)
+        goto failed;
+    if (!PyList_Check(stack)) {
+        PyErr_SetString(PyExc_TypeError, "a thread's stack must be a list");
+        goto failed;
+    }
+    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    int refresh = PyLong_CheckExact(self->site); /* the program's call, or a framework's outermost one */
+    if (!refresh && depth == 0) {
+        PyObject *unrecorded = PyObject_GetAttr(thread, s_unrecorded);
+        int open = unrecorded == NULL ? -1 : PyObject_IsTrue(unrecorded);
+        Py_XDECREF(unrecorded);
+        if (open < 0)
+            goto failed;
+        refresh = !open;
+    }
+    if (refresh) {
+        if ((steps = PyObject_GetAttr(s, s_steps)) == NULL)
+            goto failed;
+        PyObject *r = PyObject_CallMethodNoArgs(steps, s_refresh);
+        Py_DECREF(steps);
+        if (r == NULL)
+            goto failed;
+        Py_DECREF(r);
+    } else if (depth) {
+        int again = wraps_open_call(PyList_GET_ITEM(stack, depth - 1), info, owner, args, nargs);
+        if (again < 0)
+            goto failed;
+        if (again) { /* the open call itself, reached again through a wrapper: logged once */
+            result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+            goto done;
+        }
+    }
+    Py_ssize_t first = owner != Py_None;
+    if ((envs = PyTuple_New(first + nargs)) == NULL)
+        goto failed;
+    for (Py_ssize_t i = 0; i < first + nargs; i++) {
+        PyObject *env = encode_value(i < first ? owner : args[i - first]);
+        if (env == NULL)
+            goto failed;
+        PyTuple_SET_ITEM(envs, i, env);
+    }
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        if ((kw = PyDict_New()) == NULL)
+            goto failed;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *env = encode_value(args[nargs + i]);
+            int rc = env == NULL ? -1 : PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), env);
+            Py_XDECREF(env);
+            if (rc < 0)
+                goto failed;
+        }
+    }
+    if ((tracker = PyObject_GetAttr(s, s_tracker)) == NULL)
+        goto failed;
+    if (tracker != Py_None) {
+        PyObject *names = PyObject_GetAttr(tracker, s_names_by_id);
+        int any = names == NULL ? -1 : PyObject_IsTrue(names);
+        Py_XDECREF(names);
+        if (any < 0)
+            goto failed;
+        if (any) {
+            PyObject *t = args_tuple(args, nargs);
+            proxies = t == NULL ? NULL : PyObject_CallMethodObjArgs(tracker, s_proxy_names, owner, t, NULL);
+            Py_XDECREF(t);
+            if (proxies == NULL)
+                goto failed;
+            int some = PyObject_IsTrue(proxies);
+            if (some < 0)
+                goto failed;
+            if (!some)
+                Py_SETREF(proxies, Py_NewRef(no_proxies));
+        }
+    }
+    if ((ids = PyObject_GetAttr(s, s_ids)) == NULL || (n = PyIter_Next(ids)) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "call ids ran out");
+        goto failed;
+    }
+    if ((meta = PyDict_GetItemWithError(meta_globals, s_current)) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "meta.current is missing");
+        goto failed;
+    }
+    if (owner != Py_None)
+        obj_id = PyLong_FromVoidPtr(owner);
+    else if (nargs && PyObject_IsTrue(PyTuple_GET_ITEM(info, INFO_BOUND)))
+        obj_id = PyLong_FromVoidPtr(args[0]);
+    else
+        obj_id = Py_NewRef(Py_None);
+    if (obj_id == NULL || (stamp = now_ns()) == NULL)
+        goto failed;
+    if (depth)
+        parent = PyTuple_GET_ITEM(PyList_GET_ITEM(stack, depth - 1), 1);
+    pre = PyTuple_Pack(11, pre_kind, n, stamp, meta, info, self->site, obj_id, parent, envs, kw ? kw : Py_None,
+                       proxies ? proxies : no_proxies);
+    if (pre != NULL)
+        PyObject_GC_UnTrack(pre); /* see untracked_record */
+    if (pre == NULL || (records = PyObject_GetAttr(thread, s_records)) == NULL || PyList_Append(records, pre) < 0 ||
+        PyList_Append(stack, pre) < 0)
+        goto failed;
+    Py_INCREF(parent); /* the pre record leaves the stack during the call */
+    result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    if (result == NULL) {
+        PyObject *callargs[5] = {thread, n, info, parent, NULL};
+        record_raised(closed_by_exception, callargs, 5);
+    } else {
+        int rc = 0;
+        Py_ssize_t top = PyList_GET_SIZE(stack);
+        if (top && PyList_GET_ITEM(stack, top - 1) == pre)
+            rc = PyList_SetSlice(stack, top - 1, top, NULL);
+        if (rc == 0)
+            rc = append_post(records, n, info, parent, result);
+        if (rc == 0 && PyList_GET_SIZE(records) >= batch_size) {
+            PyObject *r = PyObject_CallMethodOneArg(s, s_flush_thread, thread);
+            rc = r == NULL ? -1 : 0;
+            Py_XDECREF(r);
+        }
+        if (rc < 0 && recorder_failed() < 0)
+            Py_CLEAR(result);
+    }
+    Py_DECREF(parent);
+    goto done;
+failed: /* the recorder failed before the call: the call runs plainly */
+    result = recorder_failed() < 0 ? NULL : PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+done:
+    Py_XDECREF(local);
+    Py_XDECREF(thread);
+    Py_XDECREF(stack);
+    Py_XDECREF(records);
+    Py_XDECREF(pre);
+    Py_XDECREF(envs);
+    Py_XDECREF(kw);
+    Py_XDECREF(n);
+    Py_XDECREF(stamp);
+    Py_XDECREF(obj_id);
+    Py_XDECREF(proxies);
+    Py_XDECREF(tracker);
+    Py_XDECREF(ids);
+    return result;
+}
+
+/* `logged`'s general path: the Python halves around the call. */
+static PyObject *general_path(LoggedCall *self, PyObject *s, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *t = args_tuple(args, nargs), *kwargs = t == NULL ? NULL : kwargs_dict(args, nargs, kwnames, 0);
+    if (kwargs == NULL) {
+        Py_XDECREF(t);
+        return NULL;
+    }
+    PyObject *begin_args[7] = {s, self->site, self->fn, self->info, self->owner, t, kwargs};
+    PyObject *token = PyObject_Vectorcall(general_begin, begin_args, 7, NULL);
+    Py_DECREF(t);
+    Py_DECREF(kwargs);
+    if (token == NULL)
+        return NULL;
+    PyObject *result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    if (token == Py_None) /* nothing to record: not recording, compiling, the open call again, a recorder error */
+        goto done;
+    if (result == NULL) {
+        PyObject *callargs[3] = {token, Py_None, NULL};
+        record_raised(general_end, callargs, 3);
+    } else {
+        PyObject *end_args[3] = {token, result, Py_None};
+        PyObject *r = PyObject_Vectorcall(general_end, end_args, 3, NULL);
+        if (r == NULL)
+            Py_CLEAR(result);
+        Py_XDECREF(r);
+    }
+done:
+    Py_DECREF(token);
+    return result;
+}
+
+/* `numbered`: no records, but the tensors' data ids a run that records everything gives them. */
+static PyObject *numbered_call(LoggedCall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *t = args_tuple(args, nargs);
+    if (t == NULL)
+        return NULL;
+    PyObject *kwargs = kwargs_dict(args, nargs, kwnames, 1);
+    if (kwargs == NULL && PyErr_Occurred()) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    PyObject *r = PyObject_CallFunctionObjArgs(number_call_fn, self->owner, t, kwargs ? kwargs : Py_None, NULL);
+    Py_DECREF(t);
+    Py_XDECREF(kwargs);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    PyObject *result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    if (result != NULL) {
+        r = PyObject_CallOneArg(number_fn, result);
+        if (r == NULL)
+            Py_CLEAR(result);
+        Py_XDECREF(r);
+    }
+    return result;
+}
+
+static PyObject *logged_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    LoggedCall *self = (LoggedCall *)callable;
+    PyObject *s = PyDict_GetItemWithError(calls_globals, s_state), *compiling;
+    if (s == NULL || s == Py_None) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    }
+    Py_INCREF(s); /* a fork or the recorder's end may replace the state meanwhile */
+    PyObject *result = NULL;
+    if ((compiling = PyDict_GetItemWithError(calls_globals, s_compiling)) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "compiling is missing");
+        goto done;
+    }
+    PyObject *flag = PyObject_CallNoArgs(compiling);
+    int is_compiling = flag == NULL ? -1 : PyObject_IsTrue(flag);
+    Py_XDECREF(flag);
+    if (is_compiling < 0)
+        goto done;
+    if (is_compiling) {
+        result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+        goto done;
+    }
+    if (self->info == NULL) {
+        result = numbered_call(self, args, nargsf, kwnames);
+        goto done;
+    }
+    int plain = PyObject_IsTrue(PyTuple_GET_ITEM(self->info, INFO_PLAIN));
+    if (plain > 0) {
+        PyObject *on = PyObject_GetAttr(s, s_plain);
+        plain = on == NULL ? -1 : PyObject_IsTrue(on);
+        Py_XDECREF(on);
+    }
+    if (plain < 0)
+        goto done;
+    result = plain ? plain_path(self, s, args, nargsf, kwnames) : general_path(self, s, args, nargsf, kwnames);
+done:
+    Py_DECREF(s);
+    return result;
+}
+
+static int logged_call_traverse(LoggedCall *self, visitproc visit, void *arg) {
+    Py_VISIT(self->site);
+    Py_VISIT(self->fn);
+    Py_VISIT(self->info);
+    Py_VISIT(self->owner);
+    return 0;
+}
+
+static int logged_call_clear(LoggedCall *self) {
+    Py_CLEAR(self->site);
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->info);
+    Py_CLEAR(self->owner);
+    return 0;
+}
+
+static void logged_call_dealloc(LoggedCall *self) {
+    PyObject_GC_UnTrack(self);
+    logged_call_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *logged_call_repr(LoggedCall *self) {
+    return PyUnicode_FromFormat("<logged call of %R>", self->fn);
+}
+
+static PyTypeObject LoggedCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "traincheck_rewrite.runtime._speedups.LoggedCall",
+    .tp_basicsize = sizeof(LoggedCall),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(LoggedCall, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)logged_call_traverse,
+    .tp_clear = (inquiry)logged_call_clear,
+    .tp_dealloc = (destructor)logged_call_dealloc,
+    .tp_repr = (reprfunc)logged_call_repr,
+    .tp_doc = "What `_tc_(site, fn)` gives for an instrumented API: calling it logs the call (logged_importlib_bootstrap)",
+};
+
+/* logged_call(site, fn, info | None, owner | None): the wrapper `hook` returns (info None: `numbered`). */
+static PyObject *logged_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "logged_call(site, fn, info, owner)");
+        return NULL;
+    }
+    if (args[2] != Py_None && (!PyTuple_Check(args[2]) || PyTuple_GET_SIZE(args[2]) <= INFO_PLAIN)) {
+        PyErr_SetString(PyExc_TypeError, "info must be lookup.py's info tuple or None");
+        return NULL;
+    }
+    LoggedCall *self = PyObject_GC_New(LoggedCall, &LoggedCallType);
+    if (self == NULL)
+        return NULL;
+    self->site = Py_NewRef(args[0]);
+    self->fn = Py_NewRef(args[1]);
+    self->info = args[2] == Py_None ? NULL : Py_NewRef(args[2]);
+    self->owner = Py_NewRef(args[3]);
+    self->vectorcall = logged_call_vectorcall;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyObject *configure_calls(PyObject *module, PyObject *args) {
+    PyObject *g, *m, *gb, *ge, *ce, *re, *en, *er, *nc, *nf, *tt;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOOOOOO!n", &PyDict_Type, &g, &PyDict_Type, &m, &gb, &ge, &ce, &re, &en, &er,
+                          &nc, &nf, &PySet_Type, &tt, &batch))
+        return NULL;
+    Py_XSETREF(calls_globals, Py_NewRef(g));
+    Py_XSETREF(meta_globals, Py_NewRef(m));
+    Py_XSETREF(general_begin, Py_NewRef(gb));
+    Py_XSETREF(general_end, Py_NewRef(ge));
+    Py_XSETREF(closed_by_exception, Py_NewRef(ce));
+    Py_XSETREF(recorder_error_fn, Py_NewRef(re));
+    Py_XSETREF(encoded_fn, Py_NewRef(en));
+    Py_XSETREF(encoded_return_fn, Py_NewRef(er));
+    Py_XSETREF(number_call_fn, Py_NewRef(nc));
+    Py_XSETREF(number_fn, Py_NewRef(nf));
+    Py_XSETREF(tensor_types, Py_NewRef(tt));
+    batch_size = batch;
+    Py_RETURN_NONE;
+}
+
+static int init_calls(PyObject *module) {
+    const char *names[] = {"state", "compiling", "current", "plain", "local", "thread", "new_thread", "stack",
+                           "unrecorded", "records", "steps", "refresh", "ids", "tracker", "names_by_id", "proxy_names",
+                           "flush_thread"};
+    PyObject **slots[] = {&s_state, &s_compiling, &s_current, &s_plain, &s_local, &s_thread, &s_new_thread, &s_stack,
+                          &s_unrecorded, &s_records, &s_steps, &s_refresh, &s_ids, &s_tracker, &s_names_by_id,
+                          &s_proxy_names, &s_flush_thread};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
+            return -1;
+#ifndef __linux__
+    PyObject *time_module = PyImport_ImportModule("time");
+    monotonic_ns = time_module == NULL ? NULL : PyObject_GetAttrString(time_module, "monotonic_ns");
+    Py_XDECREF(time_module);
+    if (monotonic_ns == NULL)
+        return -1;
+#endif
+    if ((pre_kind = PyLong_FromLong(PRE)) == NULL || (post_kind = PyLong_FromLong(POST)) == NULL ||
+        (no_proxies = PyTuple_New(0)) == NULL || PyType_Ready(&LoggedCallType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "LoggedCall", (PyObject *)&LoggedCallType);
+}
+
+/* ==== The module ==================================================================================================== */
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(json_text, relabelled, dict_line, kwargs_text): the Python helpers"},
     {"encode", encode, METH_VARARGS, "encode(records, pid, tid, last_time, since) -> (JSON lines, last time)"},
     {"configure_values", configure_values, METH_VARARGS, "configure_values(tensor_json, new_tensor_text, data_ids)"},
     {"data_id", data_id, METH_O, "data_id(tensor) -> its storage's order of appearance, or None"},
     {"tensor_text", tensor_text, METH_O, "tensor_text(tensor) -> its envelope as JSON text, with its data id"},
+    {"configure_calls", configure_calls, METH_VARARGS, "configure_calls(globals, meta globals, general_begin, general_end, "
+     "closed_by_exception, recorder_error, encoded, encoded_return, number_call, number, tensor types, batch size)"},
+    {"logged_call", (PyCFunction)(void (*)(void))logged_call, METH_FASTCALL, "logged_call(site, fn, info | None, owner | None)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -460,5 +983,10 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     for (int i = 0; i < 7; i++)
         if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL || init_calls(m) < 0) {
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

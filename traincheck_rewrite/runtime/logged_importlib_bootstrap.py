@@ -1,10 +1,19 @@
 """The logged call: what `_tc_(site, fn)(...)` runs when `fn` is an instrumented API, and the records it keeps.
 
-Why this file's name holds "importlib" and "_bootstrap": CPython's `warnings` (C `is_internal_frame`) and, from 3.11,
-`logging` (`_is_internal_frame`) skip the frames of such files when they count `stacklevel`, as they skip the import
-machinery's. So `warnings.warn(..., stacklevel=2)` or `logger.info(..., stacklevel=2)` inside a logged callee names
-the user's line, as in the plain run. Every frame that stands between the user's call and the callee lives here
-(`logged`, `_logged_general`); tests/test_transparency.py checks both.
+Where `_speedups` is built (setup.py), the wrapper `hook` returns is a C callable (`_speedups.LoggedCall`): it does
+the plain path itself and calls `general_begin`/`general_end` around the call on the general path, and it is no
+Python frame, so while the callee runs the innermost Python frame is the program's. A warning raised by torch's C++
+code (stacklevel 1 names the innermost Python frame), `inspect`, `sys._getframe` and tracebacks then see the
+program's line, as in the plain run.
+
+`logged` and `numbered` below are the same wrappers in Python: the reference (tests/test_speedups.py compares the
+records of both) and what runs where nothing compiled the C part. They are Python frames, so there a warning raised
+with stacklevel 1 by C code inside a logged call names this file (and the default filter shows it once, not once per
+program line), and a traceback the program formats itself shows a frame of it. Why this file's name holds
+"importlib" and "_bootstrap": CPython's `warnings` (C `is_internal_frame`) and, from 3.11, `logging`
+(`_is_internal_frame`) skip the frames of such files when they count `stacklevel`, as they skip the import
+machinery's. So even there `warnings.warn(..., stacklevel=2)` or `logger.info(..., stacklevel=2)` inside a logged
+callee names the user's line (tests/test_transparency.py).
 
 A call on the plain path (most calls: no step/stage role, no tracked state to check, no sampling) appends two tuples
 to its thread's records (encode.py) and computes argument envelopes once per kind of tensor (values.encoded).
@@ -20,7 +29,7 @@ from types import MethodType
 from . import meta
 from .encode import EXC, POST, PRE
 from .lookup import BOUND, FORWARD, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
-from .values import encoded, encoded_return, number, type_name
+from .values import _tensor_types, encoded, encoded_return, number, type_name
 from .warn import warn_once
 from .writer import BATCH
 
@@ -59,7 +68,11 @@ def hook(site, fn):
         return fn
     info = found[0]
     if not (info[LOGGED] or info[ROLE]):
+        if _c_call is not None:
+            return _c_call(site, fn, None, found[1])
         return MethodType(numbered, (fn, found[1]))
+    if _c_call is not None:
+        return _c_call(site, fn, info, found[1])
     return MethodType(logged, (site, fn, info, found[1]))
 
 
@@ -74,6 +87,11 @@ def numbered(ctx, *args, **kwargs):
     result = fn(*args, **kwargs)
     _number(result)
     return result
+
+
+def _number_call(owner, args: tuple, kwargs: dict | None) -> None:
+    """`numbered`'s numbering before the call, for the C wrapper."""
+    _number(owner, *args, *(kwargs.values() if kwargs else ()))
 
 
 def logged(ctx, *args, **kwargs):
@@ -128,8 +146,24 @@ def logged(ctx, *args, **kwargs):
 
 def _logged_general(s, site, fn, info, owner, args, kwargs):
     """Calls with a role for steps or stage, state to check, sampling or selection, or made while compiling."""
-    if s is None or compiling():
+    token = general_begin(s, site, fn, info, owner, args, kwargs)
+    if token is None:
         return fn(*args, **kwargs)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        general_end(token, None, exc)
+        raise
+    general_end(token, result, None)
+    return result
+
+
+def general_begin(s, site, fn, info, owner, args, kwargs):
+    """The general path up to the call: None when the call is to run plainly (not recording, compiling, the open
+    call reached again, a recorder error), else what `general_end` needs after it. Shared by `_logged_general` and
+    the C wrapper."""
+    if s is None or compiling():
+        return None
     tracker = s.tracker
     check = skip = False
     local = s.local
@@ -144,7 +178,7 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
         recorder_error(exc)
     if again:
         local.quiet = outer_quiet
-        return fn(*args, **kwargs)
+        return None
     try:
         name, bound, _, role, restage, logged_, dump_args = info[:7]
         if role:
@@ -164,18 +198,12 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
     except Exception as exc:
         local.quiet = outer_quiet
         recorder_error(exc)
-        return fn(*args, **kwargs)
+        return None
     local.quiet = outer_quiet
     if skip:
         _number(owner, *args, *kwargs.values())
         thread.unrecorded += 1
-        try:
-            result = fn(*args, **kwargs)
-        finally:
-            thread.unrecorded -= 1
-            unrecorded_after(s, role, check and info)
-        _number(result)
-        return result
+        return (None, s, thread, role, check and info)
     local.quiet = True
     try:
         proxies = _NO_PROXIES
@@ -198,16 +226,22 @@ def _logged_general(s, site, fn, info, owner, args, kwargs):
     except Exception as exc:
         local.quiet = outer_quiet
         recorder_error(exc)
-        return fn(*args, **kwargs)
+        return None
     stack.append(pre)
     local.quiet = outer_quiet
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        after_call(s, thread, n, info, parent, restage, check, exc)
-        raise
-    after_call(s, thread, n, info, parent, restage, check, None, result)
-    return result
+    return (s, thread, n, info, parent, restage, check)
+
+
+def general_end(token: tuple, result, exc: BaseException | None) -> None:
+    """The general path after the call (`exc` None: it returned `result`)."""
+    if token[0] is None:  # no API records: skipped by sampling, or not selected
+        _, s, thread, role, checked_info = token
+        thread.unrecorded -= 1
+        unrecorded_after(s, role, checked_info)
+        if exc is None:
+            _number(result)
+    else:
+        after_call(*token, exc, result)
 
 
 def wraps_open_call(open_pre: tuple, info: tuple, owner, args: tuple) -> bool:
@@ -368,3 +402,15 @@ def worker_meta(s) -> None:
 
 def recorder_error(exc: Exception) -> None:
     warn_once(f"recorder error ({type(exc).__name__}: {exc}); the program runs on, this call is not logged")
+
+
+try:
+    from ._speedups import configure_calls, logged_call
+except ImportError:  # not built, or built from an older _speedups.c: `logged` and `numbered` above are the wrappers
+    _c_call = None
+else:  # the same wrappers as a C callable (_speedups.c): no Python frame between the program's call and the callee
+    configure_calls(
+        globals(), meta.__dict__, general_begin, general_end, closed_by_exception, recorder_error, encoded,
+        encoded_return, _number_call, _number, _tensor_types, BATCH,
+    )  # fmt: skip
+    _c_call = logged_call
