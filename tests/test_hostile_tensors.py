@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import FIXTURES, run_plain, run_tc
-from traincheck_rewrite.runtime import _speedups, values
+from traincheck_rewrite.runtime import _speedups, tensors, values
 from traincheck_rewrite.runtime.tensors import tensor_hash
 from traincheck_rewrite.trace import read_records
 
@@ -154,3 +154,23 @@ def test_a_call_on_a_tensor_torch_refuses_to_read_stays_recorded(tmp_path):
     nested = [r for r in records if r.get("function") == "torch.nested.nested_tensor"]
     assert [r["type"] for r in nested] == ["function_call (pre)", "function_call (post)"]
     assert nested[1]["return_values"]["torch.FloatTensor"]["shape"] is None
+
+
+class _Refusing(torch.Tensor):
+    """A tensor subclass whose arithmetic fails, as a library's own tensor type may."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("mul", "__mul__", "to", "copy_", "_foreach_copy_", "stack"):
+            raise RuntimeError("refused")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_a_tensor_that_cannot_be_hashed_leaves_the_others_of_its_batch_hashed():
+    plain = [torch.randn(4, 4), torch.randn(3), torch.randn(4, 4), torch.randn(70_000)]  # batched, and one alone
+    items = [*plain, torch.randn(4, 4).as_subclass(_Refusing), *_refusing()[1:]]
+    got = tensors.hashes(items)
+    assert got[:4] == [tensor_hash(t) for t in plain] and all(isinstance(h, int) for h in got[:4])
+    assert got[4] is None  # its warning says why
+    assert got[5:] == [tensor_hash(t) for t in items[5:]]
+    assert [h is None for h in got[5:]] == [False, False, False, True, False, False]  # only the meta tensor: none

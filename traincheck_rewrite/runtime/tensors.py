@@ -55,7 +55,10 @@ def tensor_hash(t) -> int | None:
     """The hash; None for a tensor without readable contents (a meta tensor, or one torch refuses to read)."""
     if kind(t) is not None:
         return unusual_contents(t, "hash")
-    return int(_hash_tensor(t).item())
+    try:
+        return int(_hash_tensor(t).item())
+    except Exception as exc:
+        return refused(type(t).__name__, exc)
 
 
 def kind(t) -> str | None:
@@ -115,12 +118,17 @@ def unusual_contents(t, fmt: str, warn=warn_once):
         else:
             value = tensor_stats(form) if fmt == "stats" else tensor_full(form, warn)
     except Exception as exc:  # a kind torch cannot read this way: the record keeps what can be said of it
-        warn(f"{name} tensors: their contents cannot be read ({type(exc).__name__}: {exc}); data and grad are null",
-             key=f"tensor contents: {name}")
-        return None
+        return refused(name, exc, warn)
     read_as = _READ_AS.get(name, "their indices and values" if fmt == "hash" and name.startswith("sparse_") else "their dense values")
     warn(f"{name} tensors are recorded by {read_as}", key=f"tensor contents: {name}")
     return value
+
+
+def refused(name: str, exc: Exception, warn=warn_once) -> None:
+    """Contents torch refuses to give (a tensor subclass or kind whose operations fail): null, with one warning per
+    kind of tensor."""
+    warn(f"{name} tensors: their contents cannot be read ({type(exc).__name__}: {exc}); data and grad are null",
+         key=f"tensor contents: {name}")
 
 
 def _hash_tensor(t):
@@ -234,16 +242,24 @@ def hashes(items: list) -> list[int]:
                 continue
             ts = [items[i] for i in chunk]
             key = (ts[0].device, ts[0].dtype, tuple(t.shape for t in ts))
-            layout = _layouts.get(key)
-            if layout is None:
-                if len(_layouts) > 64:
-                    _layouts.clear()
-                layout = _layouts[key] = _Layout(ts)
-            for i, h in zip(chunk, layout.hashes(ts)):
-                out[i] = h
+            try:
+                layout = _layouts.get(key)
+                if layout is None:
+                    if len(_layouts) > 64:
+                        _layouts.clear()
+                    layout = _layouts[key] = _Layout(ts)
+                for i, h in zip(chunk, layout.hashes(ts)):
+                    out[i] = h
+            except Exception:  # a tensor subclass whose operations fail: each alone, the others still hashed
+                for i in chunk:
+                    out[i] = tensor_hash(items[i])
     for indices in alone.values():
-        for i, h in zip(indices, torch.stack([_hash_tensor(items[i]) for i in indices]).tolist()):
-            out[i] = h
+        try:
+            for i, h in zip(indices, torch.stack([_hash_tensor(items[i]) for i in indices]).tolist()):
+                out[i] = h
+        except Exception:
+            for i in indices:
+                out[i] = tensor_hash(items[i])
     return out
 
 
@@ -289,9 +305,10 @@ def contents(t, fmt: str, warn):
         return unusual_contents(t, fmt, warn)
     if fmt == "hash":
         return tensor_hash(t)
-    if fmt == "stats":
-        return tensor_stats(t)
-    return tensor_full(t, warn)
+    try:
+        return tensor_stats(t) if fmt == "stats" else tensor_full(t, warn)
+    except Exception as exc:
+        return refused(type(t).__name__, exc, warn)
 
 
 UNKNOWN = object()  # in `known`: contents to compute
