@@ -211,13 +211,9 @@ def _in_words(t, torch) -> bool:
 
 
 def _batchable(t, torch) -> bool:
-    return (
-        t.layout is torch.strided
-        and _in_words(t, torch)
-        and 0 < t.numel() * (t.element_size() // 4) <= BATCH_MAX_WORDS
-        and not t.is_nested
-        and not t.is_meta
-    )
+    """Strided, of 4 or 8 bytes, not too large (a strided nested or meta tensor passes: its batch fails and is hashed
+    one by one, so that the common case reads nothing more)."""
+    return t.layout is torch.strided and _in_words(t, torch) and 0 < t.numel() * (t.element_size() // 4) <= BATCH_MAX_WORDS
 
 
 def hashes(items: list) -> list[int]:
@@ -241,8 +237,8 @@ def hashes(items: list) -> list[int]:
                 alone.setdefault(items[chunk[0]].device, []).append(chunk[0])
                 continue
             ts = [items[i] for i in chunk]
-            key = (ts[0].device, ts[0].dtype, tuple(t.shape for t in ts))
             try:
+                key = (ts[0].device, ts[0].dtype, tuple(t.shape for t in ts))
                 layout = _layouts.get(key)
                 if layout is None:
                     if len(_layouts) > 64:
@@ -250,7 +246,7 @@ def hashes(items: list) -> list[int]:
                     layout = _layouts[key] = _Layout(ts)
                 for i, h in zip(chunk, layout.hashes(ts)):
                     out[i] = h
-            except Exception:  # a tensor subclass whose operations fail: each alone, the others still hashed
+            except Exception:  # a nested or meta tensor, a subclass whose operations fail: each alone
                 for i in chunk:
                     out[i] = tensor_hash(items[i])
     for indices in alone.values():
