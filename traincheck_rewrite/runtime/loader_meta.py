@@ -44,15 +44,17 @@ def _patch(dataloader) -> None:
     iterator = dataloader._MultiProcessingDataLoaderIter
     if getattr(iterator._next_index, "_tc_asked", False):
         return
-    iterator._next_index = _asking(iterator._next_index)
+    iterator._next_index = _asking(iterator._next_index, iterator)
     fetch = dataloader._utils.fetch
     for fetcher in (fetch._MapDatasetFetcher, fetch._IterableDatasetFetcher):
         fetcher.fetch = _fetching(fetcher.fetch)
 
 
-def _asking(next_index):
+def _asking(next_index, iterator: type):
     @functools.wraps(next_index)
     def _next_index(self):
+        if type(self) is not iterator:  # a library's own iterator may send indices to workers torch's fetchers skip
+            return next_index(self)
         return Asked(next_index(self), meta.current)
 
     _next_index._tc_asked = True
