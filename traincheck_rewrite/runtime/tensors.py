@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 
+from .values import readable
 from .warn import warn_once
 
 FULL_CAP = 100_000  # elements written by `full` before the values are cut (with one warning)
@@ -339,7 +340,7 @@ def attributes_batch(items: list, fmt: str, warn, known: list | None = None) -> 
             if fixed[6]:
                 attrs["layout"] = fixed[6]
         except Exception:  # an attribute torch refuses to give (a nested tensor's shape): what can be read
-            grad = _read(t, "grad")
+            grad = readable(t, "grad")
             attrs = readable_attributes(t)
         data_known, grad_known = known[i] if known is not None else (UNKNOWN, UNKNOWN)
         for key, value, value_known in (("data", t, data_known), ("grad", grad, grad_known)):
@@ -365,27 +366,18 @@ def _fixed_attributes(t) -> tuple:
     return (str(t.dtype), shape, str(t.device), t.ndim, t.numel(), t.is_cpu, str(t.layout) if kind(t) else None)
 
 
-def _read(t, name: str):
-    """An attribute (a method's result for numel), or None where torch refuses it."""
-    try:
-        value = getattr(t, name)
-        return value() if name == "numel" else value
-    except Exception:
-        return None
-
-
 def readable_attributes(t) -> dict:
     """The record's attributes one by one, each null where torch refuses to read it."""
-    shape = _read(t, "shape")
+    shape = readable(t, "shape")
     return {
         "dtype": str(t.dtype),
         "shape": None if shape is None else [d if type(d) is int else None for d in shape],
-        "device": str(_read(t, "device")),
-        "requires_grad": _read(t, "requires_grad"),
-        "is_leaf": _read(t, "is_leaf"),
-        "ndim": _read(t, "ndim"),
-        "numel": _read(t, "numel"),
-        "is_cpu": _read(t, "is_cpu"),
+        "device": str(readable(t, "device")),
+        "requires_grad": readable(t, "requires_grad"),
+        "is_leaf": readable(t, "is_leaf"),
+        "ndim": readable(t, "ndim"),
+        "numel": readable(t, "numel"),
+        "is_cpu": readable(t, "is_cpu"),
         "data": None,
         "grad": None,
         "layout": str(t.layout),

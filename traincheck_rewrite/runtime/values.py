@@ -125,7 +125,7 @@ def _tensor_static(v) -> tuple:
     return (tname, str(v.dtype), str(v.device), v.element_size(), v.is_cpu)
 
 
-def _readable(v, name: str):
+def readable(v, name: str):
     """An attribute (a method's result for numel, element_size, type), or None where torch refuses it."""
     try:
         value = getattr(v, name)
@@ -137,25 +137,25 @@ def _readable(v, name: str):
 def _readable_envelope(v) -> dict:
     """The envelope of a tensor torch refuses some attributes of, read one by one: each refused one is null."""
     torch = sys.modules["torch"]
-    layout, shape, numel, itemsize = _readable(v, "layout"), _readable(v, "shape"), _readable(v, "numel"), _readable(v, "element_size")
+    layout, shape, numel, itemsize = readable(v, "layout"), readable(v, "shape"), readable(v, "numel"), readable(v, "element_size")
     if isinstance(v, torch.nn.Parameter):
         tname = "torch.nn.Parameter"
     elif layout is torch.strided:
-        tname = _readable(v, "type") or type_name(type(v))
+        tname = readable(v, "type") or type_name(type(v))
     else:
         tname = f"torch.{layout}"
     return {
         tname: {
-            "dtype": str(_readable(v, "dtype")),
+            "dtype": str(readable(v, "dtype")),
             "shape": None if shape is None else [d if type(d) is int else None for d in shape],
-            "device": str(_readable(v, "device")),
-            "requires_grad": _readable(v, "requires_grad"),
-            "is_leaf": _readable(v, "is_leaf"),
-            "ndim": _readable(v, "ndim"),
+            "device": str(readable(v, "device")),
+            "requires_grad": readable(v, "requires_grad"),
+            "is_leaf": readable(v, "is_leaf"),
+            "ndim": readable(v, "ndim"),
             "numel": numel,
             "itemsize": itemsize,
             "nbytes": None if numel is None or itemsize is None else numel * itemsize,
-            "is_cpu": _readable(v, "is_cpu"),
+            "is_cpu": readable(v, "is_cpu"),
         }
     }
 
