@@ -120,7 +120,8 @@ def unusual_contents(t, fmt: str, warn=warn_once):
             value = tensor_stats(form) if fmt == "stats" else tensor_full(form, warn)
     except Exception as exc:  # a kind torch cannot read this way: the record keeps what can be said of it
         return refused(name, exc, warn)
-    read_as = _READ_AS.get(name, "their indices and values" if fmt == "hash" and name.startswith("sparse_") else "their dense values")
+    sparse_hash = fmt == "hash" and name.startswith("sparse_")
+    read_as = _READ_AS.get(name, "their indices and values" if sparse_hash else "their dense values")
     warn(f"{name} tensors are recorded by {read_as}", key=f"tensor contents: {name}")
     return value
 

@@ -137,7 +137,8 @@ def readable(v, name: str):
 def _readable_envelope(v) -> dict:
     """The envelope of a tensor torch refuses some attributes of, read one by one: each refused one is null."""
     torch = sys.modules["torch"]
-    layout, shape, numel, itemsize = readable(v, "layout"), readable(v, "shape"), readable(v, "numel"), readable(v, "element_size")
+    layout, shape = readable(v, "layout"), readable(v, "shape")
+    numel, itemsize = readable(v, "numel"), readable(v, "element_size")
     if isinstance(v, torch.nn.Parameter):
         tname = "torch.nn.Parameter"
     elif layout is torch.strided:
