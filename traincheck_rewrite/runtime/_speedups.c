@@ -364,33 +364,35 @@ done:
     return result;
 }
 
-/* values.encoded for a tensor: the shared envelope of its kind with its data id appended. */
+/* values.encoded for a tensor: the shared envelope of its kind with its data id appended. A tensor torch refuses an
+ * attribute of (a no_grad view's is_leaf, a nested tensor's shape) goes to values._tensor_encoded, as in Python. */
 static PyObject *tensor_text(PyObject *self, PyObject *v) {
     PyObject *items[6] = {Py_NewRef((PyObject *)Py_TYPE(v)), NULL, NULL, NULL, NULL, NULL};
-    PyObject *key = NULL, *result = NULL;
+    PyObject *key = NULL, *result = NULL, *shared = NULL;
     if ((items[1] = PyObject_GetAttr(v, s_dtype)) == NULL || (items[2] = PyObject_GetAttr(v, s_layout)) == NULL ||
         (items[3] = PyObject_GetAttr(v, s_device)) == NULL || (items[4] = PyObject_GetAttr(v, s_shape)) == NULL)
-        goto done;
+        goto refused;
     PyObject *grad = PyObject_GetAttr(v, s_requires_grad);
     if (grad == NULL)
-        goto done;
+        goto refused;
     int requires_grad = PyObject_IsTrue(grad);
     Py_DECREF(grad);
     if (requires_grad < 0)
-        goto done;
+        goto refused;
     items[5] = requires_grad ? PyObject_GetAttr(v, s_is_leaf) : Py_NewRef(Py_None); /* as values._tensor_encoded */
     if (items[5] == NULL)
-        goto done;
+        goto refused;
     if ((key = PyTuple_New(6)) == NULL)
         goto done;
     for (int i = 0; i < 6; i++) {
         PyTuple_SET_ITEM(key, i, items[i]);
         items[i] = NULL;
     }
-    PyObject *shared = PyDict_GetItemWithError(tensor_json, key);
+    shared = PyDict_GetItemWithError(tensor_json, key);
     if (shared == NULL) {
-        if (!PyErr_Occurred())
-            result = PyObject_CallOneArg(new_tensor_text, v);
+        if (PyErr_Occurred())
+            goto refused;
+        result = PyObject_CallOneArg(new_tensor_text, v);
         goto done;
     }
     Py_INCREF(shared); /* the cache may be cleared while the data id is looked up */
@@ -419,6 +421,12 @@ static PyObject *tensor_text(PyObject *self, PyObject *v) {
         Py_XDECREF(head);
     }
     Py_DECREF(shared);
+    goto done;
+refused: /* an Exception while reading the key: the Python helper reads what it can */
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        result = PyObject_CallOneArg(new_tensor_text, v);
+    }
 done:
     for (int i = 0; i < 6; i++)
         Py_XDECREF(items[i]);

@@ -59,6 +59,7 @@ class Steps:
         self.on_step = None  # called on the training thread just after `step` went up
         self.roots: dict = {}  # id -> tracked root module, for train/eval mode
         self.before_next_step = None  # called with the next step's number just before `step` goes up
+        self.sent = False  # a DataLoader worker given its step and stage with each batch (loader_meta.py): kept as sent
         self._grad_enabled = None
 
     def _stack(self) -> list[_Iteration]:
@@ -209,6 +210,8 @@ class Steps:
 
     def refresh(self) -> None:
         """Bring meta.current's stage up to date (cheap when it has not changed)."""
+        if self.sent:
+            return
         stage = self.stage()
         if meta.current.get("stage") != stage:
             meta.update(stage=stage)

@@ -6,6 +6,11 @@ even a one-ulp change always shows; NaN, +inf and -inf have different bits. The 
 position, so the hash is the same across runs and processes. Tracking hashes the small tensors of a check in one
 batch (`hashes`: copied side by side into a kept buffer, multiplied and summed by blocks), which gives each the value
 it gets alone in a few tensor operations for all instead of five for each.
+
+A tensor that is not a dense tensor with data (quantized, sparse, nested, mkldnn, meta, a layout torch adds later) is
+read through an exact form of its contents (`_form`): its dequantized values, its indices and values, its parts'
+sizes and values, its dense values; a meta tensor has none (`None`). Whatever torch refuses for one tensor leaves it
+without contents (`None`) and one warning per kind: it never fails the others.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import math
 import os
 import sys
 import threading
+
+from .values import readable
+from .warn import warn_once
 
 FULL_CAP = 100_000  # elements written by `full` before the values are cut (with one warning)
 BLOCK = 64  # words: a batch places each tensor at a multiple of it, so block sums never straddle two tensors
@@ -44,8 +52,85 @@ def _weights_for(n: int, device, dtype):
     return w
 
 
-def tensor_hash(t) -> int:
-    return int(_hash_tensor(t).item())
+def tensor_hash(t) -> int | None:
+    """The hash; None for a tensor without readable contents (a meta tensor, or one torch refuses to read)."""
+    if kind(t) is not None:
+        return unusual_contents(t, "hash")
+    try:
+        return int(_hash_tensor(t).item())
+    except Exception as exc:
+        return refused(type(t).__name__, exc)
+
+
+def kind(t) -> str | None:
+    """None for a dense tensor with data, read as it is; else the name of its kind: quantized, nested, meta, or its
+    layout (sparse_coo, sparse_csr, sparse_csc, sparse_bsr, sparse_bsc, jagged, _mkldnn, any layout torch adds)."""
+    torch = _torch()
+    layout = t.layout
+    if layout is not torch.strided:
+        return str(layout).removeprefix("torch.")
+    if t.is_quantized:
+        return "quantized"
+    if t.is_nested:
+        return "nested"
+    if t.is_meta:
+        return "meta"
+    return None
+
+
+_READ_AS = {  # kind -> what its contents are read as (the warning says it)
+    "quantized": "their dequantized values",
+    "meta": "their dtype, shape and device only: a meta tensor holds no values (data null)",
+    "nested": "their parts' sizes and values (stats and full: their parts' values)",
+    "jagged": "their parts' sizes and values (stats and full: their parts' values)",
+}
+
+
+def _form(t, kind: str, for_hash: bool):
+    """An exact form of an unusual tensor's contents: dense tensors (for the hash a pair, hashed together: indices and
+    values, or the parts' sizes and values), or None where it holds none (meta)."""
+    torch = _torch()
+    if kind == "meta":
+        return None
+    if kind == "quantized":
+        return t.dequantize()
+    if kind in ("nested", "jagged"):
+        parts = t.unbind()
+        values = torch.cat([p.reshape(-1) for p in parts]) if parts else torch.zeros(0, dtype=t.dtype)
+        return (torch.tensor([list(p.shape) for p in parts], dtype=torch.int64), values) if for_hash else values
+    if kind.startswith("sparse_") and for_hash:  # what is stored, not a dense copy (a sparse grad of nn.Embedding)
+        coo = t.to_sparse_coo().coalesce()
+        return coo.indices(), coo.values()
+    return t.to_dense()  # sparse for stats and full, mkldnn, a layout torch adds
+
+
+def unusual_contents(t, fmt: str, warn=warn_once):
+    """The contents in `fmt` of a tensor that is not dense with data, from `_form`, with one warning per kind; None
+    where it holds none or torch refuses to read it (then the warning says why)."""
+    name = kind(t)
+    try:
+        form = _form(t.detach(), name, fmt == "hash")
+        if form is None:
+            value = None
+        elif fmt == "hash" and type(form) is tuple:
+            value = int((_hash_tensor(form[0]) * 1_000_003 + _hash_tensor(form[1])).item())
+        elif fmt == "hash":
+            value = int(_hash_tensor(form).item())
+        else:
+            value = tensor_stats(form) if fmt == "stats" else tensor_full(form, warn)
+    except Exception as exc:  # a kind torch cannot read this way: the record keeps what can be said of it
+        return refused(name, exc, warn)
+    sparse_hash = fmt == "hash" and name.startswith("sparse_")
+    read_as = _READ_AS.get(name, "their indices and values" if sparse_hash else "their dense values")
+    warn(f"{name} tensors are recorded by {read_as}", key=f"tensor contents: {name}")
+    return value
+
+
+def refused(name: str, exc: Exception, warn=warn_once) -> None:
+    """Contents torch refuses to give (a tensor subclass or kind whose operations fail): null, with one warning per
+    kind of tensor."""
+    warn(f"{name} tensors: their contents cannot be read ({type(exc).__name__}: {exc}); data and grad are null",
+         key=f"tensor contents: {name}")
 
 
 def _hash_tensor(t):
@@ -57,11 +142,6 @@ def _hash_tensor(t):
     """
     torch = _torch()
     t = t.detach()
-    if t.layout is not torch.strided:  # a sparse grad (nn.Embedding(sparse=True)): its entries, not a dense copy
-        if t.layout is not torch.sparse_coo:
-            return _hash_tensor(t.to_dense())
-        t = t.coalesce()
-        return _hash_tensor(t.indices()) * 1_000_003 + _hash_tensor(t.values())
     if _in_words(t, torch) and t.is_contiguous():  # the common case, in fewer tensor operations
         bits = t.reshape(-1).view(torch.int32)
         return (bits * _weights_for(bits.numel(), bits.device, torch.int32)).sum(dtype=torch.int32).to(torch.int64)
@@ -126,11 +206,15 @@ def _in_words(t, torch) -> bool:
     """Whether the tensor's elements are hashed as 32-bit words (4 or 8 bytes, real)."""
     words = _word_dtypes.get(t.dtype)
     if words is None:
-        words = _word_dtypes[t.dtype] = t.element_size() in (4, 8) and not t.is_complex() and t.dtype != torch.bool
+        words = _word_dtypes[t.dtype] = (
+            t.element_size() in (4, 8) and not t.is_complex() and t.dtype != torch.bool and not t.is_quantized
+        )
     return words
 
 
 def _batchable(t, torch) -> bool:
+    """Strided, of 4 or 8 bytes, not too large (a strided nested or meta tensor passes: its batch fails and is hashed
+    one by one, so that the common case reads nothing more)."""
     return t.layout is torch.strided and _in_words(t, torch) and 0 < t.numel() * (t.element_size() // 4) <= BATCH_MAX_WORDS
 
 
@@ -145,25 +229,35 @@ def hashes(items: list) -> list[int]:
     for i, t in enumerate(items):
         if _batchable(t, torch):
             groups.setdefault((t.device, t.dtype), []).append(i)
-        else:
+        elif kind(t) is None:
             alone.setdefault(t.device, []).append(i)
+        else:  # one by one, never failing the others
+            out[i] = unusual_contents(t, "hash")
     for indices in groups.values():
         for chunk in _chunks(indices, items):
             if len(chunk) == 1:
                 alone.setdefault(items[chunk[0]].device, []).append(chunk[0])
                 continue
             ts = [items[i] for i in chunk]
-            key = (ts[0].device, ts[0].dtype, tuple(t.shape for t in ts))
-            layout = _layouts.get(key)
-            if layout is None:
-                if len(_layouts) > 64:
-                    _layouts.clear()
-                layout = _layouts[key] = _Layout(ts)
-            for i, h in zip(chunk, layout.hashes(ts)):
-                out[i] = h
+            try:
+                key = (ts[0].device, ts[0].dtype, tuple(t.shape for t in ts))
+                layout = _layouts.get(key)
+                if layout is None:
+                    if len(_layouts) > 64:
+                        _layouts.clear()
+                    layout = _layouts[key] = _Layout(ts)
+                for i, h in zip(chunk, layout.hashes(ts)):
+                    out[i] = h
+            except Exception:  # a nested or meta tensor, a subclass whose operations fail: each alone
+                for i in chunk:
+                    out[i] = tensor_hash(items[i])
     for indices in alone.values():
-        for i, h in zip(indices, torch.stack([_hash_tensor(items[i]) for i in indices]).tolist()):
-            out[i] = h
+        try:
+            for i, h in zip(indices, torch.stack([_hash_tensor(items[i]) for i in indices]).tolist()):
+                out[i] = h
+        except Exception:
+            for i in indices:
+                out[i] = tensor_hash(items[i])
     return out
 
 
@@ -205,11 +299,14 @@ def tensor_full(t, warn) -> list:
 def contents(t, fmt: str, warn):
     if t is None:
         return None
+    if kind(t) is not None:
+        return unusual_contents(t, fmt, warn)
     if fmt == "hash":
         return tensor_hash(t)
-    if fmt == "stats":
-        return tensor_stats(t)
-    return tensor_full(t, warn)
+    try:
+        return tensor_stats(t) if fmt == "stats" else tensor_full(t, warn)
+    except Exception as exc:
+        return refused(type(t).__name__, exc, warn)
 
 
 UNKNOWN = object()  # in `known`: contents to compute
@@ -217,29 +314,35 @@ UNKNOWN = object()  # in `known`: contents to compute
 
 def attributes_batch(items: list, fmt: str, warn, known: list | None = None) -> list[dict]:
     """TrainCheck's primitive tensor attributes plus `data` and `grad` contents in `fmt`, for several tensors, with
-    every key every time; `known` gives (data, grad) contents still valid for each tensor, or UNKNOWN. Hashes are
-    computed together (`hashes`)."""
+    every key every time (and `layout` for a tensor of an unusual kind); `known` gives (data, grad) contents still
+    valid for each tensor, or UNKNOWN. Hashes are computed together (`hashes`)."""
     out, pending = [], []  # pending: (attrs dict, key, tensor to hash)
     for i, t in enumerate(items):
-        grad = t.grad
-        key = (t.dtype, t.shape, t.device)
-        fixed = _fixed.get(key)
-        if fixed is None:
-            if len(_fixed) > 4096:
-                _fixed.clear()
-            fixed = _fixed[key] = (str(t.dtype), tuple(t.shape), str(t.device), t.ndim, t.numel(), t.is_cpu)
-        attrs = {
-            "dtype": fixed[0],
-            "shape": fixed[1],  # a tuple, written as a JSON array: shared by the records of tensors alike
-            "device": fixed[2],
-            "requires_grad": t.requires_grad,
-            "is_leaf": t.is_leaf,
-            "ndim": fixed[3],
-            "numel": fixed[4],
-            "is_cpu": fixed[5],
-            "data": None,
-            "grad": None,
-        }
+        try:
+            grad = t.grad
+            key = (t.dtype, t.shape, t.device, t.layout)
+            fixed = _fixed.get(key)
+            if fixed is None:
+                if len(_fixed) > 4096:
+                    _fixed.clear()
+                fixed = _fixed[key] = _fixed_attributes(t)
+            attrs = {
+                "dtype": fixed[0],
+                "shape": fixed[1],  # a tuple, written as a JSON array: shared by the records of tensors alike
+                "device": fixed[2],
+                "requires_grad": t.requires_grad,
+                "is_leaf": t.is_leaf,
+                "ndim": fixed[3],
+                "numel": fixed[4],
+                "is_cpu": fixed[5],
+                "data": None,
+                "grad": None,
+            }
+            if fixed[6]:
+                attrs["layout"] = fixed[6]
+        except Exception:  # an attribute torch refuses to give (a nested tensor's shape): what can be read
+            grad = readable(t, "grad")
+            attrs = readable_attributes(t)
         data_known, grad_known = known[i] if known is not None else (UNKNOWN, UNKNOWN)
         for key, value, value_known in (("data", t, data_known), ("grad", grad, grad_known)):
             if value is None:
@@ -255,3 +358,28 @@ def attributes_batch(items: list, fmt: str, warn, known: list | None = None) -> 
         for (attrs, key, _), h in zip(pending, hashes([e[2] for e in pending])):
             attrs[key] = h
     return out
+
+
+def _fixed_attributes(t) -> tuple:
+    """What (dtype, shape, device, layout) fix of a state record, and the layout to write for a tensor of an unusual
+    kind (else None); a dimension torch gives as a symbol (a jagged tensor's) is null."""
+    shape = tuple(d if type(d) is int else None for d in t.shape)
+    return (str(t.dtype), shape, str(t.device), t.ndim, t.numel(), t.is_cpu, str(t.layout) if kind(t) else None)
+
+
+def readable_attributes(t) -> dict:
+    """The record's attributes one by one, each null where torch refuses to read it."""
+    shape = readable(t, "shape")
+    return {
+        "dtype": str(t.dtype),
+        "shape": None if shape is None else [d if type(d) is int else None for d in shape],
+        "device": str(readable(t, "device")),
+        "requires_grad": readable(t, "requires_grad"),
+        "is_leaf": readable(t, "is_leaf"),
+        "ndim": readable(t, "ndim"),
+        "numel": readable(t, "numel"),
+        "is_cpu": readable(t, "is_cpu"),
+        "data": None,
+        "grad": None,
+        "layout": str(t.layout),
+    }

@@ -140,7 +140,7 @@ class Tracker:
             if entry is None or entry.ref() is not t:
                 entry = _Tensor(var_name, t)
                 self.tensors[var_name] = entry
-                if entry.ptr is not None:
+                if entry.ptr:  # not a tensor without data (sparse: None; meta, jagged: 0, shared by all of them)
                     self.by_ptr[entry.ptr] = entry
                 self.names_by_id[id(t)] = (var_name, entry.var_type)
                 fresh.append((entry, t))

@@ -3,7 +3,9 @@
 A tensor is summarised by a fixed set of attributes (no contents, no walk over `dir()`) and a data id beside the type
 key: its storage's order of appearance in the process, the same for every tensor on that storage (`p`, `p.data`, a
 view) while it lives. Addresses would be reused and differ from run to run; this order is what a rerun gives again.
-It tells two calls on one tensor from calls on two tensors alike. Other objects are summarised by at most 16 public
+It tells two calls on one tensor from calls on two tensors alike. An attribute torch refuses to read (a no_grad
+view's `is_leaf` after its base changed in place, a nested tensor's shape) is null, and a dimension torch gives as a
+symbol (a jagged tensor's) is null in the shape: the call is recorded all the same. Other objects are summarised by at most 16 public
 primitive attributes of their `__dict__`. torch is looked up lazily: the runtime must not import it before the
 program does (scripts set environment variables before `import torch`).
 """
@@ -49,13 +51,16 @@ def _tensor(v) -> dict:
     """The envelope: the payload is shared by all tensors alike in everything it holds (records are encoded, never
     changed), the data id is this tensor's."""
     data_id = _data_id(v)
-    shared = _shared_tensor_envelope(v)
+    try:
+        shared = _shared_tensor_envelope(v)
+    except Exception:  # an attribute torch refuses to read
+        shared = _readable_envelope(v)
     return shared if data_id is None else {**shared, "data_id": data_id}
 
 
 def _shared_tensor_envelope(v) -> dict:
-    shape = v.shape
-    key = (v.dtype, v.layout, v.is_cpu, v.get_device(), type(v), shape, v.requires_grad, v.is_leaf)
+    """Raises what torch raises for an attribute it refuses to read (the callers then use `_readable_envelope`)."""
+    key = (v.dtype, v.layout, v.is_cpu, v.get_device(), type(v), v.shape, v.requires_grad, v.is_leaf)
     env = _tensor_envelopes.get(key)
     if env is None:
         if len(_tensor_envelopes) >= MAX_SHARED_ENVELOPES:
@@ -91,7 +96,7 @@ def _new_tensor_envelope(v, key: tuple) -> dict:
     if static is None:
         static = _tensor_statics[static_key] = _tensor_static(v)
     tname, dtype, device, itemsize, is_cpu = static
-    shape = list(key[5])
+    shape = [d if type(d) is int else None for d in key[5]]  # a jagged tensor's symbolic dimension: null
     numel = v.numel()
     return {
         tname: {
@@ -118,6 +123,42 @@ def _tensor_static(v) -> tuple:
     else:
         tname = v.type() if v.layout is torch.strided else f"torch.{v.layout}"
     return (tname, str(v.dtype), str(v.device), v.element_size(), v.is_cpu)
+
+
+def readable(v, name: str):
+    """An attribute (a method's result for numel, element_size, type), or None where torch refuses it."""
+    try:
+        value = getattr(v, name)
+        return value() if name in ("numel", "element_size", "type") else value
+    except Exception:
+        return None
+
+
+def _readable_envelope(v) -> dict:
+    """The envelope of a tensor torch refuses some attributes of, read one by one: each refused one is null."""
+    torch = sys.modules["torch"]
+    layout, shape = readable(v, "layout"), readable(v, "shape")
+    numel, itemsize = readable(v, "numel"), readable(v, "element_size")
+    if isinstance(v, torch.nn.Parameter):
+        tname = "torch.nn.Parameter"
+    elif layout is torch.strided:
+        tname = readable(v, "type") or type_name(type(v))
+    else:
+        tname = f"torch.{layout}"
+    return {
+        tname: {
+            "dtype": str(readable(v, "dtype")),
+            "shape": None if shape is None else [d if type(d) is int else None for d in shape],
+            "device": str(readable(v, "device")),
+            "requires_grad": readable(v, "requires_grad"),
+            "is_leaf": readable(v, "is_leaf"),
+            "ndim": readable(v, "ndim"),
+            "numel": numel,
+            "itemsize": itemsize,
+            "nbytes": None if numel is None or itemsize is None else numel * itemsize,
+            "is_cpu": readable(v, "is_cpu"),
+        }
+    }
 
 
 def _sequence(v) -> list:
@@ -201,12 +242,16 @@ def _json(v) -> str:
 
 def _tensor_encoded(v) -> str:
     # what the shared envelope depends on; a tensor without grad is always a leaf (one attribute read less)
-    key = (type(v), v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)
-    data = _tensor_json.get(key)
-    if data is None:
-        if len(_tensor_json) >= MAX_SHARED_ENVELOPES:
-            _tensor_json.clear()
-        data = _tensor_json[key] = _json(_shared_tensor_envelope(v))
+    try:
+        key = (type(v), v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)
+        data = _tensor_json.get(key)
+        if data is None:
+            data = _json(_shared_tensor_envelope(v))
+            if len(_tensor_json) >= MAX_SHARED_ENVELOPES:
+                _tensor_json.clear()
+            _tensor_json[key] = data
+    except Exception:  # an attribute torch refuses to read: not shared
+        data = _json(_readable_envelope(v))
     return _with_data_id(data, v)
 
 
@@ -218,8 +263,11 @@ def _with_data_id(shared: str, v) -> str:
 def _tensor_text_in_python(v) -> str:
     """A tensor of a kind met before: its shared envelope with its data id. `_tensor_text` is this, or the same in
     C."""
-    key = (type(v), v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
-    data = _tensor_json.get(key)
+    try:
+        key = (type(v), v.dtype, v.layout, v.device, v.shape, v.is_leaf if v.requires_grad else None)  # as in _tensor_encoded
+        data = _tensor_json.get(key)
+    except Exception:  # an attribute torch refuses to read
+        return _tensor_encoded(v)
     return _with_data_id(data, v) if data is not None else _tensor_encoded(v)
 
 
