@@ -429,7 +429,7 @@ class _Stopper:
     def __call__(self, violation: dict) -> None:
         if self.child is None or self.child.poll() is not None:
             return
-        steps = self.live.last_step
+        steps = dict(self.live.last_step)  # a copy: the live export's thread adds to it
         self.at_step = steps.get(violation["rank"], max(steps.values(), default=None))
         _say(f"stopping the program at step {self.at_step}: the first violation, at step {violation['step']}")
         try:
