@@ -486,7 +486,8 @@ def _plain_traces(run_dir: Path, live: LiveExport | None, sealed: bool) -> dict:
         if stats is None:
             stats = export_beside(run_dir)
     except (OSError, ExportError) as exc:
-        _say(f"warning: the plain traces for TrainCheck's engine could not be written ({exc}); 'tc-rewrite trace export' writes them")
+        _say(f"warning: the plain traces for TrainCheck's engine could not be written ({exc}); "
+             f"'tc-rewrite trace export {shlex.quote(str(run_dir))} --in-place' writes them")
         return {"written": False, "error": str(exc)}
     out = {"written": True, "files": stats.files, "records": stats.records, "dropped_open_calls": stats.dropped_open_calls,
            "while_running": made_live}
