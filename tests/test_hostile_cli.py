@@ -168,8 +168,10 @@ def test_a_killed_tc_rewrite_leaves_a_folder_that_says_how_to_make_the_plain_tra
     proc = subprocess.Popen([sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(tmp_path / "train.py"),
                              "--output-dir", str(run)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
-    program = int(proc.stdout.readline())
-    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        program = int(proc.stdout.readline())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
     os.kill(program, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not list(run.glob("trace_*"))
@@ -201,5 +203,5 @@ def test_the_program_sees_the_plain_runs_sys_path_after_its_run_folder_and_nothi
     traced = tc("--pyscript", str(project / "train.py"), "--output-dir", str(run))  # started in the tool's folder
     assert traced.returncode == 0, traced.stderr
     seen, expected = json.loads(traced.stdout), json.loads(plain.stdout)
-    assert seen["found"] == expected["found"] == {"tests": False, "scripts": False}
+    assert seen["found"] == expected["found"]  # {"tests": False, "scripts": False} where no package ships those names
     assert seen["path"] == [str(run.resolve())] + expected["path"]
