@@ -285,10 +285,10 @@ def _folders(runs) -> Path | list[Path]:
 @contextlib.contextmanager
 def _trace_errors():
     """The trace tools' own errors (bad folders, other jobs, SQL, an existing target) as one-line CLI errors."""
+    from .outputs import OutputPathError
     from .trace.chrome import ChromeExportError
     from .trace.export import ExportError
     from .trace.job import JobError
-    from .outputs import OutputPathError
     from .trace.query import QueryError
 
     try:

@@ -192,7 +192,7 @@ def connect(job: Job, ranks: list[int] | None = None):
     folder = Path(tempfile.mkdtemp(prefix="tc-query-"))
     try:
         write_tables(job, folder, ranks)
-        con = duckdb.connect(config={"autoload_known_extensions": False, "autoinstall_known_extensions": False})
+        con = duckdb.connect()
         try:
             read: list[Path] = []
             for table in COLUMNS:
