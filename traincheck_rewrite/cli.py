@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -137,28 +138,57 @@ def trace_summary(runs, as_json):
     with _trace_errors():
         data = summarize(_folders(runs))
     click.echo(json.dumps(data, sort_keys=True) if as_json else format_summary(data))
+    _note_missing_plain_traces(runs)
+
+
+def _note_missing_plain_traces(runs) -> None:
+    """A run whose tc-rewrite was stopped before writing the plain traces: say how to make them (TrainCheck's
+    engine fails on a folder without them)."""
+    from .trace.export import plain_traces_missing
+
+    for run in runs:
+        if plain_traces_missing(run):
+            click.echo(f"tc-rewrite: note: {run} has no plain traces for TrainCheck's engine (tc-rewrite was stopped "
+                       f"before writing them, or is still running): 'tc-rewrite trace export {shlex.quote(run)} "
+                       "--in-place' writes them", err=True)
 
 
 @trace_group.command("export")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
-@click.option("--to", "to", required=True, metavar="PATH", help="traincheck, parquet: a new (or empty) folder; chrome: a file (.json or .json.gz).")
+@click.option("--to", "to", metavar="PATH", help="traincheck, parquet: a new (or empty) folder; chrome: a new file (.json or .json.gz).")
+@click.option("--in-place", is_flag=True, help="traincheck: the plain traces into RUN itself, as tc-rewrite writes them when the program ends.")
+@click.option("--force", is_flag=True, help="chrome: replace an existing file (never one in a run folder).")
 @click.option("--format", "fmt", type=click.Choice(["traincheck", "chrome", "parquet"]), default="traincheck", show_default=True)
 @click.option("--ranks", metavar="A,B,...", help="chrome, parquet: only these ranks.")
 @click.option("--steps", metavar="A-B", help="chrome: only calls, state changes and violations of steps A to B (inclusive).")
-def trace_export(runs, to, fmt, ranks, steps):
+def trace_export(runs, to, in_place, force, fmt, ranks, steps):
     """Write the trace of RUN (several run folders: one job, one folder per node) as a folder TrainCheck's engine
     reads as it is (traincheck-infer -f DIR), a timeline for Perfetto / chrome://tracing / vizviewer (chrome), or
-    Parquet tables (parquet; needs the query extra)."""
+    Parquet tables (parquet; needs the query extra). Nothing existing is written over but a file named with --force,
+    and nothing of a run folder's own records ever."""
     if steps is not None and fmt != "chrome":
         raise _OneLineError("--steps applies to --format chrome only")
     if ranks is not None and fmt == "traincheck":
         raise _OneLineError("--ranks applies to --format chrome and parquet only")
+    if force and fmt != "chrome":
+        raise _OneLineError("--force applies to --format chrome only: a folder target must be new or empty")
+    if in_place:
+        if to is not None or fmt != "traincheck" or len(runs) != 1:
+            raise _OneLineError("--in-place takes one run folder, no --to, and --format traincheck")
+        with _trace_errors():
+            from .trace.export import export_in_place
+
+            stats = export_in_place(_folders(runs))
+        click.echo(f"tc-rewrite: wrote {stats.records} records in {stats.files} plain trace files into {runs[0]}", err=True)
+        return
+    if to is None:
+        raise _OneLineError("give --to PATH (or --in-place for the plain traces in the run folder itself)")
     with _trace_errors():
         if fmt == "chrome":
             from .trace.chrome import export_chrome
             from .trace.job import open_job
 
-            stats = export_chrome(open_job(runs), to, ranks=_ranks(ranks), steps=_steps(steps))
+            stats = export_chrome(open_job(runs), to, ranks=_ranks(ranks), steps=_steps(steps), force=force)
             click.echo(f"tc-rewrite: wrote {stats.slices} call slices, {stats.steps} step slices and {stats.instants} "
                        f"instant events of {stats.processes} processes ({stats.threads} threads) to {to}", err=True)
             if stats.violations:
@@ -262,6 +292,7 @@ def _folders(runs) -> Path | list[Path]:
 @contextlib.contextmanager
 def _trace_errors():
     """The trace tools' own errors (bad folders, other jobs, SQL, an existing target) as one-line CLI errors."""
+    from .outputs import OutputPathError
     from .trace.chrome import ChromeExportError
     from .trace.export import ExportError
     from .trace.job import JobError
@@ -269,7 +300,7 @@ def _trace_errors():
 
     try:
         yield
-    except (JobError, ChromeExportError, ExportError, QueryError) as exc:
+    except (JobError, ChromeExportError, ExportError, QueryError, OutputPathError) as exc:
         raise _OneLineError(str(exc)) from None
 
 

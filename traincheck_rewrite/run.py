@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import stat
@@ -26,6 +27,7 @@ from . import __version__
 from .checking import CHECK_DIR, EXIT_VIOLATED, CheckError, OnlineCheck, find_engine
 from .config import Config, ConfigError
 from .invariants import load_selection
+from .outputs import NO_PLAIN_TRACES, RECORDS, RUNTIME_LINK, OutputPathError, check_not_in_records, is_run_folder
 from .rewrite import Bindings, RewriteError, SiteTable
 from .runtime import codecache
 from .shscript import replace_script_words
@@ -35,9 +37,9 @@ from .trace.reader import decompressed_chunks
 from .trace.recover import seal
 
 ORIGINALS = "original_sources"  # the rewritten files as they were: what tracebacks and inspect.getsource show
-RESERVED = ("run.json", "sites.json", "instrumentation.diff", "program_output.txt", "traces", ORIGINALS)
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", "node_modules"}
-PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_PARENT = str(PACKAGE_DIR.parent)
 
 
 class RunError(Exception):
@@ -65,16 +67,39 @@ def _distribution_version(module: str) -> str:
     return "unknown"
 
 
+def _claim(folder: Path) -> None:
+    """Create the folder's run.json exclusively (O_CREAT|O_EXCL): of two runs given one folder at the same moment,
+    one gets it and the other is refused before it writes anything."""
+    try:
+        fd = os.open(folder / "run.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise RunError(f"output_dir: {folder} was taken by another run started at the same moment; give a new or "
+                       "empty folder") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"tool": {"name": "traincheck_rewrite", "version": __version__}, "status": "starting"}) + "\n")
+
+
 def _run_folder(config: Config, versions: dict[str, str]) -> tuple[Path, bool]:
-    """The run folder and whether this run created it. With `output_dir`, that folder itself (as TrainCheck does),
-    created if missing and refused if it holds anything; else a new folder named like TrainCheck's,
-    traincheck_run_<script>_<module>_<version>..._<timestamp>, in the current directory."""
+    """The run folder, claimed by this run, and whether this run created it. With `output_dir`, that folder itself
+    (as TrainCheck does), created if missing and refused if it holds anything or lies in a run folder's records;
+    else a new folder named like TrainCheck's, traincheck_run_<script>_<module>_<version>..._<timestamp>, in the
+    current directory."""
     if config.output_dir is not None:
         folder = Path(config.output_dir)
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        if not created and any(folder.iterdir()):
+        if folder.is_dir() and any(folder.iterdir()):
             raise RunError(f"output_dir: {folder} exists and is not empty; give a new or empty folder")
+        try:
+            check_not_in_records(folder)
+        except OutputPathError as exc:
+            raise RunError(f"output_dir: {exc}") from None
+        try:
+            folder.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
+        if not folder.is_dir():
+            raise RunError(f"output_dir: {folder} exists and is not a folder")
+        _claim(folder)
         return folder, created
     parts = [Path(config.pyscript).stem]
     for module in config.modules_to_instr:
@@ -85,9 +110,10 @@ def _run_folder(config: Config, versions: dict[str, str]) -> tuple[Path, bool]:
         candidate = base if n == 0 else base.with_name(f"{base.name}_{n}")
         try:
             candidate.mkdir()
-            return candidate, True
         except FileExistsError:
             continue
+        _claim(candidate)
+        return candidate, True
     raise RunError(f"cannot create a new run folder next to {base}")
 
 
@@ -107,47 +133,82 @@ def _is_venv(path: Path) -> bool:
     return (path / "pyvenv.cfg").exists()
 
 
-def _is_run_folder(path: Path) -> bool:
-    return path.name.startswith("traincheck_run_") or ((path / "run.json").is_file() and (path / "traces").is_dir())
+def _skipped_dir(path: Path) -> bool:
+    return path.name in _SKIP_DIRS or _is_venv(path) or is_run_folder(path)
 
 
-def _tree_files(root: Path, run_dir: Path) -> list[Path]:
-    """Files of `root` to copy: no VCS/venv/cache folders, no run folders, no linked folders, no file links that
-    leave the tree."""
+def _resolve(link: Path) -> Path:
+    try:
+        return link.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13's "Symlink loop"
+        raise RunError(f"copy_all_files: {link} is a symlink loop; remove it or leave copy_all_files off") from None
+
+
+def _copied_target(target: Path, root: Path, run_dir: Path) -> bool:
+    """Whether `target` (resolved) is in the tree and not in a folder the copy skips: a link to it stays a link."""
+    if not target.is_relative_to(root) or target.is_relative_to(run_dir):
+        return False
+    folder = root
+    for part in target.relative_to(root).parts[:-1]:
+        folder = folder / part
+        if _skipped_dir(folder):
+            return False
+    return not (target.is_dir() and _skipped_dir(target))
+
+
+def _tree_entries(root: Path, run_dir: Path, script: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """What of `root` to copy: its files, and its links (to files or folders) whose target is copied too, with that
+    target. No VCS/venv/cache folders, no run folders, no links that leave the tree (or point into what is skipped);
+    the script itself is always copied as a file."""
     root_resolved = root.resolve()
     run_resolved = run_dir.resolve()
-    out: list[Path] = []
+    files: list[Path] = []
+    links: list[tuple[Path, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         keep = []
         for d in sorted(dirnames):
             p = here / d
-            real = p.resolve()
-            if d in _SKIP_DIRS or p.is_symlink() or _is_venv(p) or _is_run_folder(p) or real == run_resolved:
+            if p.is_symlink():
+                target = _resolve(p)
+                if _copied_target(target, root_resolved, run_resolved):
+                    links.append((p, target))
+                continue
+            if _skipped_dir(p) or p.resolve() == run_resolved:
                 continue
             keep.append(d)
         dirnames[:] = keep
         for f in sorted(filenames):
             p = here / f
-            if p.is_symlink() and not p.resolve().is_relative_to(root_resolved):
+            if p.is_symlink() and p != script:
+                target = _resolve(p)
+                if _copied_target(target, root_resolved, run_resolved):
+                    links.append((p, target))
                 continue
-            if not p.is_file():
-                continue
-            out.append(p)
-    return out
+            if p.is_file():
+                files.append(p)
+    return files, links
 
 
-def _plan_files(config: Config, run_dir: Path) -> list[tuple[Path, Path]]:
+def _plan_files(config: Config, run_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """(source file, copy) pairs, and (link in the run folder, its relative target) pairs."""
     script = Path(config.pyscript)
     if not config.copy_all_files:
-        return [(script, run_dir / script.name)]
+        return [(script, run_dir / script.name)], []
     root = script.parent
-    pairs = [(p, run_dir / p.relative_to(root)) for p in _tree_files(root, run_dir)]
-    for src, dst in pairs:
+    files, links = _tree_entries(root, run_dir, script)
+    pairs = [(p, run_dir / p.relative_to(root)) for p in files]
+    root_resolved = root.resolve()
+    made_links = []
+    for link, target in links:
+        dst = run_dir / link.relative_to(root)
+        made_links.append((dst, os.path.relpath(run_dir / target.relative_to(root_resolved), dst.parent)))
+    for dst in [d for _, d in pairs] + [d for d, _ in made_links]:
         top = dst.relative_to(run_dir).parts[0]
-        if top in RESERVED:
-            raise RunError(f"copy_all_files: {src} would overwrite the run folder's own '{top}'; rename it")
-    return pairs
+        if top in RECORDS:
+            raise RunError(f"copy_all_files: {root / dst.relative_to(run_dir)} would overwrite the run folder's own "
+                           f"'{top}'; rename it")
+    return pairs, made_links
 
 
 def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dict]]:
@@ -158,7 +219,8 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
     root = script.parent
     report: list[dict] = []
     diffs: list[str] = []
-    for src, dst in _plan_files(config, run_dir):
+    pairs, links = _plan_files(config, run_dir)
+    for src, dst in pairs:
         dst.parent.mkdir(parents=True, exist_ok=True)
         rel = src.resolve().relative_to(root).as_posix() if src.resolve().is_relative_to(root) else src.name
         if src.suffix != ".py":
@@ -182,6 +244,9 @@ def instrument_files(config: Config, run_dir: Path) -> tuple[SiteTable, list[dic
         _copy(src, kept)
         report.append({"file": rel, "wrapped_calls": len(sites.sites) - before})
         diffs.extend(_diff(original, rewritten, rel))
+    for dst, target in links:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(target)
     _warn_untracked(config, bindings)
     (run_dir / "instrumentation.diff").write_text("".join(diffs), encoding="utf-8")
     (run_dir / "sites.json").write_text(json.dumps(sites.to_json(), indent=0), encoding="utf-8")
@@ -283,12 +348,27 @@ def _command(config: Config, run_dir: Path) -> list[str]:
     return ["bash", str(launcher), *config.args]
 
 
+def _runtime_link(run_dir: Path) -> bool:
+    """RUN/traincheck_rewrite, a link to this package: the program, started as RUN/<script>.py, imports the runtime
+    from its own folder (sys.path[0]) and, however the tool is installed, the same code as the tool."""
+    try:
+        (run_dir / RUNTIME_LINK).symlink_to(PACKAGE_DIR, target_is_directory=True)
+    except OSError:
+        return False
+    return True
+
+
 def _environment(config: Config, run_dir: Path) -> dict[str, str]:
+    """The program's environment: its sys.path is the plain run's (the script's folder first, then PYTHONPATH) after
+    the run folder, and nothing of the tool's source folder (whose tests/ and scripts/ it could import)."""
     env = dict(os.environ)
     paths = [str(Path(config.pyscript).resolve().parent)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
-    paths.append(PACKAGE_PARENT)
+    if not _runtime_link(run_dir):
+        paths.append(PACKAGE_PARENT)
+    elif env.get("PYTHONSAFEPATH"):  # the script's folder is not put on sys.path: the run folder is, by name
+        paths.insert(0, str(run_dir))
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["TC_REWRITE_RUN_DIR"] = str(run_dir)
     if sys.stderr.isatty():  # someone watches: say so when a first run rewrites library modules (libraries.py)
@@ -408,7 +488,8 @@ def _plain_traces(run_dir: Path, stats, live: LiveExport | None) -> dict:
         if stats is None:
             stats = export_beside(run_dir)
     except (OSError, ExportError) as exc:
-        _say(f"warning: the plain traces for TrainCheck's engine could not be written ({exc}); 'tc-rewrite trace export' writes them")
+        _say(f"warning: the plain traces for TrainCheck's engine could not be written ({exc}); "
+             f"'tc-rewrite trace export {shlex.quote(str(run_dir))} --in-place' writes them")
         return {"written": False, "error": str(exc)}
     made_live = live is not None and live.failed is None
     out = {"written": True, "files": stats.files, "records": stats.records, "dropped_open_calls": stats.dropped_open_calls,
@@ -450,6 +531,16 @@ def _finish_check(check: OnlineCheck, stopper: _Stopper | None, trace_ended: boo
     if code != 0 and not stopped:
         return verdict.to_json(check.engine), code
     return verdict.to_json(check.engine), EXIT_VIOLATED if verdict.violations else code
+
+
+def _mark_plain_traces_missing(run_dir: Path) -> None:
+    """Until the plain traces are in the folder, a note saying how to make them (a killed tc-rewrite never writes
+    them, and TrainCheck's engine fails on the folder); named so that the engine never reads it (not `trace_*`)."""
+    command = f"tc-rewrite trace export {shlex.quote(str(run_dir))} --in-place"
+    (run_dir / NO_PLAIN_TRACES).write_text(
+        "The plain traces TrainCheck's engine reads (trace_API_*.log, trace_VAR_*.log) are written into this folder\n"
+        "while the program runs and completed when it ends, and then this file is removed. If it is still here after the\n"
+        f"run, tc-rewrite was stopped before completing them; this writes them whole:\n\n    {command}\n", encoding="utf-8")
 
 
 def collect(config: Config, *, summary: bool = False) -> int:
@@ -501,6 +592,8 @@ def collect(config: Config, *, summary: bool = False) -> int:
     if config.only_instr:
         return 0
     (run_dir / "traces").mkdir(exist_ok=True)
+    if config.plain_traces:
+        _mark_plain_traces_missing(run_dir)
     live = LiveExport(run_dir) if config.plain_traces else None
     if live is not None:
         live.start()
@@ -525,6 +618,8 @@ def collect(config: Config, *, summary: bool = False) -> int:
         _say("warning: the trace is incomplete: a trace file could not be written (see the program's warning)")
     if config.plain_traces:
         info["plain_traces"] = _plain_traces(run_dir, live_stats, live)
+        if info["plain_traces"]["written"]:
+            (run_dir / NO_PLAIN_TRACES).unlink(missing_ok=True)
     info.update(
         status="finished",
         trace_complete=not incomplete,

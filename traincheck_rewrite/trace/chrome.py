@@ -30,6 +30,7 @@ from pathlib import Path
 
 import orjson
 
+from ..outputs import OutputPathError, check_file_target
 from .job import Job, Process, RunFolder
 from .reader import ReadStats
 from .verdict import place
@@ -308,12 +309,14 @@ def _call_text(call: dict) -> str:
 
 
 def export_chrome(job: Job, to: str | Path, *, ranks: list[int] | None = None,
-                  steps: tuple[int, int] | None = None) -> ChromeStats:
+                  steps: tuple[int, int] | None = None, force: bool = False) -> ChromeStats:
     """Write `job` (or its `ranks`, its calls and states of `steps` A..B inclusive) to `to`; gzip when it ends in
-    .gz. The file appears complete or not at all."""
-    target = Path(to)
-    if target.is_dir():
-        raise ChromeExportError(f"{target}: is a folder; give a file name such as trace.json.gz")
+    .gz. The file appears complete or not at all; an existing one is replaced only with `force`, and never one of a
+    run folder's records."""
+    try:
+        target = check_file_target(to, force=force)
+    except OutputPathError as exc:
+        raise ChromeExportError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     processes = job.select(ranks)
     stats = ChromeStats()

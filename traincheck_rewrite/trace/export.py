@@ -49,6 +49,7 @@ from pathlib import Path
 
 import orjson
 
+from ..outputs import NO_PLAIN_TRACES, OutputPathError, check_folder_target
 from .reader import ReadStats, read_file, read_records, source_key, trace_sources
 
 PRE = "function_call (pre)"
@@ -311,9 +312,10 @@ def export_traincheck(run_dir: str | Path | list, to: str | Path) -> ExportStats
     (which may exist only if empty), one `trace_API_<pid>_<tid>.log` / `trace_VAR_<pid>_<tid>.log` per thread and
     kind, plus `export.json`. The folder appears complete or not at all."""
     folders = [Path(p) for p in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
-    target = Path(to)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ExportError(f"{target}: already exists and is not an empty folder")
+    try:
+        target = check_folder_target(to)
+    except OutputPathError as exc:
+        raise ExportError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -347,6 +349,27 @@ def export_beside(run_dir: str | Path) -> ExportStats:
             os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
+def plain_traces_missing(run_dir: str | Path) -> bool:
+    """Whether `tc-rewrite` was stopped (or is still running) before it wrote the run folder's plain traces: its
+    marker, written when the program starts, is still there."""
+    return (Path(run_dir) / NO_PLAIN_TRACES).is_file()
+
+
+def export_in_place(run_dir: str | Path) -> ExportStats:
+    """The plain traces written into the run folder itself (`trace export RUN --in-place`), as `tc-rewrite` writes
+    them when the program ends: for a run whose `tc-rewrite` was stopped before it could. Plain traces already there
+    are refused, unless the marker says they are a stopped run's unfinished set (then they are replaced)."""
+    folder = Path(run_dir)
+    plain = sorted(p for p in folder.iterdir() if p.name.startswith("trace_") and p.is_file())
+    if plain and not plain_traces_missing(folder):
+        raise ExportError(f"{run_dir}: already holds its plain traces ({plain[0].name}, ...); --to DIR writes them elsewhere")
+    for path in plain:
+        path.unlink()
+    stats = export_beside(folder)
+    (folder / NO_PLAIN_TRACES).unlink(missing_ok=True)
     return stats
 
 

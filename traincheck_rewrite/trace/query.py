@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 
+from ..outputs import OutputPathError, check_folder_target
 from .job import Job, Process, RunFolder
 from .reader import ReadStats
 from .verdict import place
@@ -215,7 +216,9 @@ def _reader(files: list[Path], table: str) -> str:
 @contextmanager
 def connect(job: Job, ranks: list[int] | None = None):
     """A DuckDB connection with the views calls, states, sites and violations over `job` (flattened into a
-    temporary folder, removed on exit)."""
+    temporary folder, removed on exit), and nothing else: no file but those the views read can be read or written, no
+    extension installed or loaded, no database attached, and the configuration locked so that no query can undo
+    that."""
     duckdb = duckdb_module()
     folder = Path(tempfile.mkdtemp(prefix="tc-query-"))
     try:
@@ -223,12 +226,17 @@ def connect(job: Job, ranks: list[int] | None = None):
         write_violations(job, folder, ranks)
         con = duckdb.connect()
         try:
+            read: list[Path] = []
             for table in COLUMNS:
                 files = sorted(folder.glob(f"{table}_*.jsonl")) if table not in ONE_FILE else [folder / f"{table}.jsonl"]
                 if not files:  # no process selected: an empty file still gives the columns
                     files = [folder / f"{table}_none.jsonl"]
                     files[0].touch()
                 con.execute(f"CREATE VIEW {table} AS SELECT * FROM {_reader(files, table)}")
+                read += files
+            con.execute(f"SET allowed_paths = [{', '.join(_quote(f) for f in read)}]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
             yield con
         finally:
             con.close()
@@ -237,19 +245,24 @@ def connect(job: Job, ranks: list[int] | None = None):
 
 
 def run_query(job: Job, sql: str, ranks: list[int] | None = None) -> tuple[list[str], list[tuple]]:
-    """(column names, rows) of `sql` over the views."""
+    """(column names, rows) of `sql` over the views; a query that reaches further (a file, the network, an
+    extension, the settings) is refused with a QueryError."""
     duckdb = duckdb_module()
     with connect(job, ranks) as con:
         try:
             result = con.sql(sql)
-        except duckdb.Error as exc:
-            raise QueryError(" ".join(str(exc).split())) from None
-        if result is None:  # a statement without a result (CREATE, SET, ...)
-            return [], []
-        try:
+            if result is None:  # a statement without a result (CREATE, SET, ...)
+                return [], []
             return list(result.columns), result.fetchall()
         except duckdb.Error as exc:
-            raise QueryError(" ".join(str(exc).split())) from None
+            raise _query_error(duckdb, exc) from None
+
+
+def _query_error(duckdb, exc: Exception) -> QueryError:
+    message = " ".join(str(exc).split())
+    if isinstance(exc, duckdb.PermissionException) or "configuration has been locked" in message:
+        return QueryError(f"trace query only reads the run's tables calls, states and sites: {message}")
+    return QueryError(message)
 
 
 def format_rows(columns: list[str], rows: list[tuple], limit: int = 200) -> str:
@@ -273,9 +286,10 @@ def export_parquet(job: Job, to: str | Path, ranks: list[int] | None = None) -> 
     """Write the tables as Parquet into the new folder `to`: calls_<pid>.parquet and states_<pid>.parquet per
     process, sites.parquet. The folder appears complete or not at all."""
     duckdb = duckdb_module()
-    target = Path(to)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise QueryError(f"{target}: already exists and is not an empty folder")
+    try:
+        target = check_folder_target(to)
+    except OutputPathError as exc:
+        raise QueryError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
