@@ -95,9 +95,11 @@ def _add(selection: Selection, invariant: dict) -> None:
 
 def runtime_name(name: str) -> str:
     """The runtime's name of an API named as TrainCheck's collector (and our export) name it: tensor methods are
-    `torch._C.TensorBase.<name>` there, `torch.Tensor.<name>` in the runtime."""
-    if name.startswith("torch._C.TensorBase."):
-        return "torch.Tensor." + name[len("torch._C.TensorBase."):]
+    `torch._C.TensorBase.<name>` there, `torch.Tensor.<name>` in the runtime; torch's C functions
+    `torch._VariableFunctionsClass.<name>` there, `torch.<name>` in the runtime."""
+    for theirs, ours in (("torch._C.TensorBase.", "torch.Tensor."), ("torch._VariableFunctionsClass.", "torch.")):
+        if name.startswith(theirs):
+            return ours + name[len(theirs):]
     return name
 
 

@@ -24,8 +24,10 @@ that no other run can satisfy):
 - `process_id` is the rank (`meta_vars.rank`) or, without one, the process's order of appearance; `thread_id` the
   thread's order of appearance in its process (0: the first thread that wrote); file names, `func_call_id` and
   `parent_id` follow (`obj_id` stays `id(self)`: the engine groups calls by it, never compares it across runs);
-- tensor methods are named as TrainCheck's collector names them, `torch._C.TensorBase.<name>` (the runtime says
-  `torch.Tensor.<name>`, the name users know);
+- functions are named as TrainCheck's collector names them, where its engine's filters go by the name: tensor
+  methods `torch._C.TensorBase.<name>`, the C functions of `torch._C._VariableFunctions` (`torch.flatten`, `torch.randn`)
+  `torch._VariableFunctionsClass.<name>`, which traincheck 0.2.0 leaves out of its relations (the runtime says
+  `torch.Tensor.<name>` and `torch.<name>`, the names users know);
 - a tensor's envelope gets `_TRAINCHECK_data_ID`, the data id the runtime writes beside it (its storage's order of
   appearance in its process): the same tensor twice has one id, two tensors alike have two;
 - lists, tuples and dicts are written as TrainCheck's collector writes them (plain JSON when they hold only
@@ -50,11 +52,13 @@ from pathlib import Path
 import orjson
 
 from .reader import ReadStats, read_file, read_records, source_key, trace_sources
+from .torch_functions import VARIABLE_FUNCTIONS
 
 PRE = "function_call (pre)"
 STATE = "state_change"
 RUNTIME_TENSOR_METHOD = "torch.Tensor."  # what the runtime calls methods of torch's C tensor class
 TRAINCHECK_TENSOR_METHOD = "torch._C.TensorBase."  # what TrainCheck's collector calls them
+TRAINCHECK_VARIABLE_FUNCTION = "torch._VariableFunctionsClass."  # its name for torch.flatten & co (VARIABLE_FUNCTIONS)
 DATA_ID = "_TRAINCHECK_data_ID"
 WRITE_BUFFER = 1 << 20
 PARALLEL_STATE_BYTES = 256 << 10  # compressed state records worth exporting in a second process (~0.1 s to start)
@@ -67,6 +71,15 @@ _ITEMSIZE = {
     "torch.float8_e4m3fn": 1, "torch.float8_e5m2": 1, "torch.float8_e4m3fnuz": 1, "torch.float8_e5m2fnuz": 1,
     "torch.qint8": 1, "torch.quint8": 1, "torch.qint32": 4,
 }  # fmt: skip
+
+
+def traincheck_function_name(name: str) -> str:
+    """The name TrainCheck's collector gives a function the runtime names `name` (its engine's filters go by it)."""
+    if name.startswith(RUNTIME_TENSOR_METHOD):
+        return TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
+    if name.startswith("torch.") and name[6:] in VARIABLE_FUNCTIONS:
+        return TRAINCHECK_VARIABLE_FUNCTION + name[6:]
+    return name
 
 
 class _Identities:
@@ -132,8 +145,8 @@ class _Identities:
                 if type(value) is int and first <= value < first + CALL_ID_BASE:
                     record[key] = value + shift
         name = record.get("function")
-        if type(name) is str and name.startswith(RUNTIME_TENSOR_METHOD):
-            record["function"] = TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
+        if type(name) is str:
+            record["function"] = traincheck_function_name(name)
         for key in ("args", "kwargs"):
             values = record.get(key)
             if type(values) is dict:
