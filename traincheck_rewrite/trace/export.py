@@ -26,9 +26,9 @@ that no other run can satisfy):
   thread's order of appearance in its process (0: the first thread that wrote); file names, `func_call_id` and
   `parent_id` follow (`obj_id` stays `id(self)`: the engine groups calls by it, never compares it across runs);
 - functions are named as TrainCheck's collector names them, where its engine's filters go by the name: tensor
-  methods `torch._C.TensorBase.<name>`, the C functions of `torch._C._VariableFunctions` (`torch.flatten`, `torch.randn`)
-  `torch._VariableFunctionsClass.<name>`, which traincheck 0.2.0 leaves out of its relations (the runtime says
-  `torch.Tensor.<name>` and `torch.<name>`, the names users know);
+  methods `torch._C.TensorBase.<name>`, the C functions of `torch._C._VariableFunctions` (`torch.flatten`,
+  `torch.randn`) `torch._VariableFunctionsClass.<name>`, which traincheck 0.2.0 leaves out of its relations (the
+  runtime says `torch.Tensor.<name>` and `torch.<name>`, the names users know);
 - a tensor's envelope gets `_TRAINCHECK_data_ID`, the data id the runtime writes beside it (its storage's order of
   appearance in its process): the same tensor twice has one id, two tensors alike have two;
 - lists, tuples and dicts are written as TrainCheck's collector writes them (plain JSON when they hold only
