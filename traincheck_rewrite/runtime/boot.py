@@ -16,7 +16,7 @@ import sys
 import threading
 import tokenize
 
-from . import optimizer_hooks, recorder
+from . import dynamo, optimizer_hooks, recorder
 from .warn import warn_once
 
 _attached = False
@@ -100,6 +100,7 @@ def _start(file: str | None) -> None:
             tuple(settings.get("rewrite_libraries", ())), modules, bool(settings.get("log_import_time_calls")), frameworks
         )
     optimizer_hooks.install()  # after the library finder: its after-import watch must come first on sys.meta_path
+    dynamo.install()
     atexit.register(recorder.flush_all, True)
     os.register_at_fork(after_in_child=recorder.after_fork_in_child)
     _install_sigterm_flush()
