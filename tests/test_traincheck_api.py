@@ -96,3 +96,24 @@ def test_only_the_annotation_api_is_redirected_and_every_line_stays_where_it_was
     assert lines[1] == f"from {api} import ("
     assert lines[5] == f"from traincheck import Instrumentor, annotate_stage; from {api} import annotate_stage"
     assert lines[6:] == ["from traincheck.instrumentor.tracer import Instrumentor", "import traincheck_rewrite"]
+
+
+def test_a_stage_the_program_set_is_kept_on_the_records_of_the_first_training_iteration(tmp_path: Path):
+    """The first training iteration's records are relabelled once the training loop is known (step 1, and `training`
+    for what was `init`): not their stage when the program set it."""
+    program = tmp_path / "train.py"
+    program.write_text(
+        "import torch\n"
+        "from traincheck import annotate_stage\n"
+        "annotate_stage('init')\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for i in range(3):\n"
+        "    optimizer.zero_grad()\n"
+        "    model(torch.ones(2)).sum().backward()\n"
+        "    optimizer.step()\n"
+    )
+    traced = run_tc(["--pyscript", str(program)], tmp_path / "out")
+    assert traced.returncode == 0, traced.stderr[-3000:]
+    calls = [r for r in _calls(traced.run_dir) if r["function"] == "torch.optim.optimizer.Optimizer.zero_grad"]
+    assert [(r["meta_vars"]["stage"], r["meta_vars"]["step"]) for r in calls] == [("init", 1), ("init", 2), ("init", 3)]
