@@ -130,3 +130,17 @@ def test_a_selective_run_numbers_tensors_as_the_full_run_does(tmp_path: Path):
     inv = tmp_path / "inv.json"
     inv.write_text(invariant("DistinctArgumentRelation", "torch.nn.functional.cross_entropy"))
     _numbering_kept(tmp_path, "--invariants", str(inv))
+
+
+def test_the_forward_of_a_programs_own_module_is_not_called_unrecordable_and_is_recorded(tmp_path: Path):
+    inv = tmp_path / "inv.json"
+    inv.write_text("\n".join([
+        invariant("FunctionCoverRelation", "__main__.Net.forward", "torch.optim.optimizer.Optimizer.zero_grad"),
+        invariant("FunctionLeadRelation", "numpy.linalg.norm", "torch.optim.optimizer.Optimizer.zero_grad"),
+    ]) + "\n")
+    result = run_tc([str(FIXTURES / "traincheck_api" / "config.yaml"), "--invariants", str(inv)], tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    # a module's call is named after its forward wherever its class is defined; numpy is not instrumented
+    assert "warning: 1 selected APIs are outside modules_to_instr and cannot be recorded: numpy.linalg.norm" in result.stderr
+    assert "Net.forward" not in result.stderr
+    assert "__main__.Net.forward" in {r["function"] for r in read_records(result.run_dir)}

@@ -43,11 +43,27 @@ class Selection:
             f"({with_args} with arguments) and {state}"
         )
 
+    def outside(self, modules: list[str] | tuple[str, ...]) -> list[str]:
+        """Selected APIs a run instrumenting `modules` cannot record: outside them, and no module's call (`model(x)`
+        is named after the forward it runs, `__main__.Net.forward`, wherever its class is defined)."""
+        module_calls = any(_within(_MODULE_CALL, m) for m in modules)
+        return [
+            f for f in self.functions
+            if not any(_within(f, m) for m in modules) and not (module_calls and f.endswith(".forward"))
+        ]
+
     def unserved(self, logged: set[str]) -> tuple[int, list[str]]:
         """How many invariants name an API that never got a record, and those APIs."""
         missing = sorted(set(self.functions) - logged)
         gone = set(missing)
         return sum(1 for apis in self.apis_of if apis & gone), missing
+
+
+_MODULE_CALL = "torch.nn.modules.module.Module.__call__"  # what logs a module's call, named after its forward
+
+
+def _within(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
 
 
 def load_selection(paths) -> Selection:
@@ -95,9 +111,11 @@ def _add(selection: Selection, invariant: dict) -> None:
 
 def runtime_name(name: str) -> str:
     """The runtime's name of an API named as TrainCheck's collector (and our export) name it: tensor methods are
-    `torch._C.TensorBase.<name>` there, `torch.Tensor.<name>` in the runtime."""
-    if name.startswith("torch._C.TensorBase."):
-        return "torch.Tensor." + name[len("torch._C.TensorBase."):]
+    `torch._C.TensorBase.<name>` there, `torch.Tensor.<name>` in the runtime; torch's C functions
+    `torch._VariableFunctionsClass.<name>` there, `torch.<name>` in the runtime."""
+    for theirs, ours in (("torch._C.TensorBase.", "torch.Tensor."), ("torch._VariableFunctionsClass.", "torch.")):
+        if name.startswith(theirs):
+            return ours + name[len(theirs):]
     return name
 
 

@@ -462,7 +462,7 @@ def _selection(config: Config):
         return None
     selection = load_selection(config.invariants)
     _say(f"selective collection: {selection.describe()}")
-    outside = [f for f in selection.functions if not any(f == m or f.startswith(m + ".") for m in config.modules_to_instr)]
+    outside = selection.outside(config.modules_to_instr)
     if outside:
         _say(f"warning: {len(outside)} selected APIs are outside modules_to_instr and cannot be recorded: {', '.join(outside[:5])}")
     if selection.variables and not config.models_to_track:

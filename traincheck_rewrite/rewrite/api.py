@@ -13,6 +13,7 @@ from .models import track_models
 from .names import collect_names
 from .positions import call_spans, cst_call_spans
 from .results import Bindings, RewriteError, SiteTable
+from .traincheck_imports import imports_traincheck, redirect_traincheck_imports
 
 
 def rewrite_source(
@@ -31,7 +32,8 @@ def rewrite_source(
     Every original line keeps its number and its text outside the inserted code. An already instrumented source is
     returned unchanged. `models` are the variable names whose bindings register a tracked model, `meta_from` maps
     meta-variable keys to the variables whose bindings set them; what was found is added to `bindings`. `loops`
-    marks loop iterations for the step counter. (Library modules: library.py.)
+    marks loop iterations for the step counter. Imports of TrainCheck's annotation API are pointed at the runtime's
+    (traincheck_imports.py). (Library modules: library.py.)
     """
     text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
     if bootstrap.is_instrumented(text):
@@ -65,6 +67,8 @@ def rewrite_source(
         targets = {name: ("track", name) for name in models}
         targets.update({var: ("meta", key) for key, var in (meta_from or {}).items()})
         rewritten = track_models(rewritten, targets, hook, filename, bindings if bindings is not None else Bindings())
+    if imports_traincheck(text):
+        rewritten = redirect_traincheck_imports(rewritten)
     if not lazy:
         rewritten = bootstrap.insert_bootstrap(rewritten)
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import tokenize
 
-from . import loader_meta, optimizer_hooks, recorder
+from . import dynamo, loader_meta, optimizer_hooks, recorder
 from .warn import warn_once
 
 _attached = False
@@ -101,6 +101,7 @@ def _start(file: str | None) -> None:
         )
     optimizer_hooks.install()  # after the library finder: its after-import watch must come first on sys.meta_path
     loader_meta.install()
+    dynamo.install()
     atexit.register(recorder.flush_all, True)
     os.register_at_fork(after_in_child=recorder.after_fork_in_child)
     _install_sigterm_flush()

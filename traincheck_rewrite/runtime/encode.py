@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import orjson
 
+from . import meta as _meta
 from .lookup import BOUND_JSON, NAME_JSON
 from .warn import warn_once
 
@@ -43,10 +44,12 @@ def _kwargs(kwargs: dict | None) -> str:
 
 
 def relabelled(meta: dict) -> dict:
-    """The meta variables of a held record made in the training loop's first iteration: step 1, stage training."""
+    """The meta variables of a held record made in the training loop's first iteration: step 1, stage training
+    (unless the program sets the stage itself)."""
     if meta.get("step", 0) != 0:
         return meta
-    return {**meta, "step": 1, "stage": "training" if meta.get("stage") == "init" else meta.get("stage")}
+    stage = meta.get("stage")
+    return {**meta, "step": 1, "stage": "training" if stage == "init" and not _meta.program_stage else stage}
 
 
 def _dict_line(record: dict, t: int, pid: int, tid: int, meta: dict | None) -> bytes | None:

@@ -7,6 +7,7 @@ of its own moment.
 from __future__ import annotations
 
 current: dict = {"step": 0}
+program_stage = False  # the program sets `stage` itself (TrainCheck's annotate_stage): no automatic stage from then on
 
 
 def update(**values) -> None:

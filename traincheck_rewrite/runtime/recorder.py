@@ -299,7 +299,8 @@ def track(name: str, obj) -> None:
 
 
 def set_meta(key: str, value) -> None:
-    """What `_tc_.meta("epoch", epoch)` runs after each binding of a variable named in `meta_from`."""
+    """What `_tc_.meta("epoch", epoch)` runs after each binding of a variable named in `meta_from` (and what the
+    program's own annotations run): a `step` or `stage` the program sets replaces the automatic one from then on."""
     state = _state
     if state is None or calls.compiling():
         return
@@ -309,6 +310,8 @@ def set_meta(key: str, value) -> None:
         if value != meta.current.get("step"):
             _flush_this_thread()  # the program's own step counter: a new step begins
         state.steps.set_user_step(value)
+    elif key == "stage":
+        state.steps.set_user_stage()
     meta.update(**{key: value})
 
 

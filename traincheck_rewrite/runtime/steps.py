@@ -18,7 +18,8 @@ themselves are the training loop (`UNMARKED`): `step` becomes 1 at the first and
 `stage` is `checkpointing` inside `torch.save`/`torch.load`; else, once training has started, `training` with grad
 enabled and tracked models in train mode and `evaluation` otherwise; before that, `evaluation` for loops run without
 grad or with a tracked model in eval mode, and `init` for everything else (a `@torch.no_grad()` setup function
-included).
+included). A stage the program sets itself (`meta_vars["stage"]`, TrainCheck's `annotate_stage`) replaces all of
+this from then on.
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ class Steps:
         if self.holder is not None:
             self.release(None)
 
+    def set_user_stage(self) -> None:
+        """A stage the program sets itself (TrainCheck's `annotate_stage`) is the stage until it sets another."""
+        meta.program_stage = True
+
     def in_training_iteration(self) -> bool:
         """Whether this thread is inside an iteration of the marked training loop (in a loop nested in it too)."""
         loop = self.training_loop
@@ -183,6 +188,8 @@ class Steps:
     # --- stage ------------------------------------------------------------------------------------------------
 
     def stage(self) -> str:
+        if meta.program_stage:
+            return meta.current.get("stage", "init")
         if self.checkpointing:
             return "checkpointing"
         grad_enabled = self._grad_enabled

@@ -21,11 +21,14 @@ in three ways that the export removes:
 It also writes what TrainCheck's collector writes, in values that do not change from one run of a program to the
 next (the engine builds preconditions from record fields, so an OS id or an address in one would make an invariant
 that no other run can satisfy):
-- `process_id` is the rank (`meta_vars.rank`) or, without one, the process's order of appearance; `thread_id` the
+- `process_id` is the rank (`meta_vars.rank`, even where a process learns it after its first calls, as `mp.spawn`
+  ranks do) or, without one, the order of appearance after the ranks (a parent that only spawns); `thread_id` the
   thread's order of appearance in its process (0: the first thread that wrote); file names, `func_call_id` and
   `parent_id` follow (`obj_id` stays `id(self)`: the engine groups calls by it, never compares it across runs);
-- tensor methods are named as TrainCheck's collector names them, `torch._C.TensorBase.<name>` (the runtime says
-  `torch.Tensor.<name>`, the name users know);
+- functions are named as TrainCheck's collector names them, where its engine's filters go by the name: tensor
+  methods `torch._C.TensorBase.<name>`, the C functions of `torch._C._VariableFunctions` (`torch.flatten`,
+  `torch.randn`) `torch._VariableFunctionsClass.<name>`, which traincheck 0.2.0 leaves out of its relations (the
+  runtime says `torch.Tensor.<name>` and `torch.<name>`, the names users know);
 - a tensor's envelope gets `_TRAINCHECK_data_ID`, the data id the runtime writes beside it (its storage's order of
   appearance in its process): the same tensor twice has one id, two tensors alike have two;
 - lists, tuples and dicts are written as TrainCheck's collector writes them (plain JSON when they hold only
@@ -51,16 +54,19 @@ import orjson
 
 from ..outputs import NO_PLAIN_TRACES, OutputPathError, check_folder_target
 from .reader import ReadStats, read_file, read_records, source_key, trace_sources
+from .torch_functions import VARIABLE_FUNCTIONS
 
 PRE = "function_call (pre)"
 STATE = "state_change"
 RUNTIME_TENSOR_METHOD = "torch.Tensor."  # what the runtime calls methods of torch's C tensor class
 TRAINCHECK_TENSOR_METHOD = "torch._C.TensorBase."  # what TrainCheck's collector calls them
+TRAINCHECK_VARIABLE_FUNCTION = "torch._VariableFunctionsClass."  # its name for torch.flatten & co (VARIABLE_FUNCTIONS)
 DATA_ID = "_TRAINCHECK_data_ID"
 WRITE_BUFFER = 1 << 20
 PARALLEL_STATE_BYTES = 256 << 10  # compressed state records worth exporting in a second process (~0.1 s to start)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 CALL_ID_BASE = 10**9  # func_call_id = process_id * CALL_ID_BASE + n
+RANK_LOOKAHEAD = 10_000  # records of a process read to find its rank when its first records have none
 _ITEMSIZE = {
     "torch.float64": 8, "torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.complex128": 16,
     "torch.complex64": 8, "torch.complex32": 4, "torch.int64": 8, "torch.int32": 4, "torch.int16": 2, "torch.int8": 1,
@@ -68,6 +74,15 @@ _ITEMSIZE = {
     "torch.float8_e4m3fn": 1, "torch.float8_e5m2": 1, "torch.float8_e4m3fnuz": 1, "torch.float8_e5m2fnuz": 1,
     "torch.qint8": 1, "torch.quint8": 1, "torch.qint32": 4,
 }  # fmt: skip
+
+
+def traincheck_function_name(name: str) -> str:
+    """The name TrainCheck's collector gives a function the runtime names `name` (its engine's filters go by it)."""
+    if name.startswith(RUNTIME_TENSOR_METHOD):
+        return TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
+    if name.startswith("torch.") and name[6:] in VARIABLE_FUNCTIONS:
+        return TRAINCHECK_VARIABLE_FUNCTION + name[6:]
+    return name
 
 
 class _Identities:
@@ -81,8 +96,8 @@ class _Identities:
             pid, tid, time = r.get("process_id"), r.get("thread_id"), r.get("time", 0)
             starts[pid] = min(time, starts.get(pid, time))
             thread_starts[(pid, tid)] = min(time, thread_starts.get((pid, tid), time))
-            rank = (r.get("meta_vars") or {}).get("rank")
-            if isinstance(rank, int) and not isinstance(rank, bool):
+            rank = _rank(r)
+            if rank is not None:
                 ranked[pid] = rank
         unranked = sorted((t, pid) for pid, t in starts.items() if pid not in ranked)
         next_id = max(ranked.values(), default=-1) + 1
@@ -133,8 +148,8 @@ class _Identities:
                 if type(value) is int and first <= value < first + CALL_ID_BASE:
                     record[key] = value + shift
         name = record.get("function")
-        if type(name) is str and name.startswith(RUNTIME_TENSOR_METHOD):
-            record["function"] = TRAINCHECK_TENSOR_METHOD + name[len(RUNTIME_TENSOR_METHOD):]
+        if type(name) is str:
+            record["function"] = traincheck_function_name(name)
         for key in ("args", "kwargs"):
             values = record.get(key)
             if type(values) is dict:
@@ -212,13 +227,35 @@ def _traincheck_value(value):
 
 def _first_records(run_dir: Path) -> list[dict]:
     """The first record of each trace source (a process killed before its first flush has only a spill file): who
-    wrote it, when it began, with which rank."""
+    wrote it, when it began, with which rank. A process none of whose first records has a rank (an `mp.spawn` rank
+    makes calls before `init_process_group` tells it its rank) adds its first record with one, looked for in its
+    first RANK_LOOKAHEAD records: so a rank is its `process_id` whoever launched it, and a parent that only spawns
+    comes after the ranks."""
     out = []
+    firsts = []
     for path in trace_sources(run_dir):
         record = next(read_file(path, ReadStats()), None)
         if record is not None:
             out.append(record)
+            firsts.append((path, record))
+    ranked = {r.get("process_id") for r in out if _rank(r) is not None}
+    for path, first in firsts:
+        pid = first.get("process_id")
+        if pid in ranked:
+            continue
+        for n, record in enumerate(read_file(path, ReadStats())):
+            if n >= RANK_LOOKAHEAD:
+                break
+            if _rank(record) is not None:
+                out.append(record)
+                ranked.add(pid)
+                break
     return out
+
+
+def _rank(record: dict) -> int | None:
+    rank = (record.get("meta_vars") or {}).get("rank")
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
 
 
 class ExportError(Exception):
