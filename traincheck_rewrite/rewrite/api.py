@@ -7,10 +7,10 @@ import ast
 import libcst as cst
 
 from . import bootstrap
-from .calls import HOOK, CallWrapper
+from .calls import CallWrapper
 from .loops import LoopMarker, loop_spans
 from .models import track_models
-from .names import collect_names
+from .names import collect_names, hook_name
 from .positions import call_spans, cst_call_spans
 from .results import Bindings, RewriteError, SiteTable
 
@@ -49,8 +49,9 @@ def rewrite_source(
     except SyntaxError as exc:  # valid for libcst's grammar, not for this Python
         raise RewriteError(f"{filename}:{exc.lineno}: cannot compile: {exc.msg}") from None
 
-    lazy = bootstrap.insert_bootstrap(module) is None  # no line can take the runtime import
-    hook = cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE) if lazy else cst.Name(HOOK)
+    name = hook_name(text)
+    lazy = bootstrap.insert_bootstrap(module, name) is None  # no line can take the runtime import
+    hook = cst.parse_expression(bootstrap.LAZY_HOOK_SOURCE) if lazy else cst.Name(name)
     facts = collect_names(tree, modules)
     sites = sites if sites is not None else SiteTable()
     rewritten, wrapper = _wrap_calls(module, facts, call_spans(tree, text), len(sites.sites), hook, lazy)
@@ -66,7 +67,7 @@ def rewrite_source(
         targets.update({var: ("meta", key) for key, var in (meta_from or {}).items()})
         rewritten = track_models(rewritten, targets, hook, filename, bindings if bindings is not None else Bindings())
     if not lazy:
-        rewritten = bootstrap.insert_bootstrap(rewritten)
+        rewritten = bootstrap.insert_bootstrap(rewritten, name)
 
     result: str | bytes = rewritten.bytes if isinstance(source, bytes) else rewritten.code
     _check(result, source, filename)

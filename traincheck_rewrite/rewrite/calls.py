@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, dotted_name
+from .names import TORCHSCRIPT_DECORATORS, NameFacts, dotted_name
 from .positions import Span
 from .results import SiteTable
 

@@ -9,26 +9,28 @@ line keeps its number and every original column its text. The caller compiles th
 hook needs the code anyway) and falls back to the original module if that fails.
 
 `f(a)` -> `_tc_("<library>:<line>:<col>", f)(a)`; `for x in it:` -> `for x in _tc_.loop("<site>", (it)):`;
-`while c:` -> `while _tc_.cond("<site>", (c)):`. What is wrapped follows calls.py in library mode: calls the name
-analysis proves harmless are left alone, and so are calls inside f-strings and bodies TorchScript compiles.
+`while c:` -> `while _tc_.cond("<site>", (c)):` (`_tc_` is `hook_name(source)`: another name where the module uses
+that one). What is wrapped follows calls.py in library mode: calls the name analysis proves harmless are left alone,
+and so are calls inside f-strings and bodies TorchScript compiles.
 """
 
 from __future__ import annotations
 
 import ast
 
-from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names
+from .names import TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names, hook_name
 from .results import RewriteError
 
 
 def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str, ...], loops: bool) -> bytes:
-    """Instrument the library module `source`; `label` ("torch/optim/sgd.py") prefixes its site strings."""
+    """Instrument the library module `source`; `label` ("torch/optim/sgd.py") prefixes its site strings. The hook is
+    called by `hook_name(source)`: the loader puts it into the module's globals under that name."""
     try:
         tree = ast.parse(source, filename)
     except (SyntaxError, ValueError) as exc:
         raise RewriteError(f"{filename}: cannot parse: {exc}") from None
     lines = source.splitlines(keepends=True)
-    finder = _Insertions(collect_names(tree, modules), lines, label, loops)
+    finder = _Insertions(collect_names(tree, modules), lines, label, loops, hook_name(source))
     finder.visit(tree)
     result = _apply(lines, finder.insertions)
     if result.count(b"\n") != source.count(b"\n"):
@@ -39,7 +41,8 @@ def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str
 class _Insertions(ast.NodeVisitor):
     """Collects (line, byte column, order, text): openings before the expression they wrap, closings after it."""
 
-    def __init__(self, facts: NameFacts, lines: list[bytes], label: str, loops: bool) -> None:
+    def __init__(self, facts: NameFacts, lines: list[bytes], label: str, loops: bool, hook: str) -> None:
+        self.hook = hook
         self.facts = facts
         self.lines = lines
         self.label = label
@@ -75,7 +78,7 @@ class _Insertions(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         if self._may_be_api(node.func):
             col = len(self.lines[node.lineno - 1][: node.col_offset].decode("utf-8", "replace"))
-            self._wrap(node.func, f"{HOOK}({self._site(node.lineno, col)}, ", ")")
+            self._wrap(node.func, f"{self.hook}({self._site(node.lineno, col)}, ", ")")
         self.generic_visit(node)
 
     def _may_be_api(self, callee: ast.expr) -> bool:
@@ -93,7 +96,7 @@ class _Insertions(ast.NodeVisitor):
 
     def _loop(self, node, method: str, value: ast.expr) -> None:
         if self.loops and any(isinstance(n, ast.Call) for stmt in node.body for n in ast.walk(stmt)):
-            self._wrap(value, f"{HOOK}.{method}({self._site(node.lineno, node.col_offset)}, (", "))")
+            self._wrap(value, f"{self.hook}.{method}({self._site(node.lineno, node.col_offset)}, (", "))")
         self.generic_visit(node)
 
     def visit_For(self, node: ast.For) -> None:
