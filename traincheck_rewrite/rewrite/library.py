@@ -38,8 +38,9 @@ def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str
     return result
 
 
-class _Insertions(ast.NodeVisitor):
-    """Collects (line, byte column, order, text): openings before the expression they wrap, closings after it."""
+class _Insertions:
+    """Collects (line, byte column, order, text): openings before the expression they wrap, closings after it.
+    Walks the tree with its own stack: a module nested as deep as Python compiles is no deeper for us."""
 
     def __init__(self, facts: NameFacts, lines: list[bytes], label: str, loops: bool, hook: str) -> None:
         self.hook = hook
@@ -58,8 +59,21 @@ class _Insertions(ast.NodeVisitor):
     def _site(self, line: int, col: int) -> str:
         return f'"{self.label}:{line}:{col}"'
 
-    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
-        """A site string cannot go inside an f-string (3.11 forbids reusing its quotes there)."""
+    def visit(self, tree: ast.AST) -> None:
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.JoinedStr):
+                continue  # a site string cannot go inside an f-string (3.11 forbids reusing its quotes there)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and self._torchscript(node):
+                continue  # TorchScript compiles these bodies from their source: left as written
+            if isinstance(node, ast.Call):
+                self._call(node)
+            elif isinstance(node, ast.For):
+                self._loop(node, "loop", node.iter)
+            elif isinstance(node, ast.While):
+                self._loop(node, "cond", node.test)
+            stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
     def _torchscript(self, node) -> bool:
         for dec in node.decorator_list:
@@ -69,17 +83,10 @@ class _Insertions(ast.NodeVisitor):
                 return True
         return False
 
-    def visit_FunctionDef(self, node) -> None:
-        if not self._torchscript(node):  # TorchScript compiles these bodies from their source: left as written
-            self.generic_visit(node)
-
-    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
-
-    def visit_Call(self, node: ast.Call) -> None:
+    def _call(self, node: ast.Call) -> None:
         if self._may_be_api(node.func):
             col = len(self.lines[node.lineno - 1][: node.col_offset].decode("utf-8", "replace"))
             self._wrap(node.func, f"{self.hook}({self._site(node.lineno, col)}, ", ")")
-        self.generic_visit(node)
 
     def _may_be_api(self, callee: ast.expr) -> bool:
         if isinstance(callee, ast.Name):
@@ -97,13 +104,6 @@ class _Insertions(ast.NodeVisitor):
     def _loop(self, node, method: str, value: ast.expr) -> None:
         if self.loops and any(isinstance(n, ast.Call) for stmt in node.body for n in ast.walk(stmt)):
             self._wrap(value, f"{self.hook}.{method}({self._site(node.lineno, node.col_offset)}, (", "))")
-        self.generic_visit(node)
-
-    def visit_For(self, node: ast.For) -> None:
-        self._loop(node, "loop", node.iter)
-
-    def visit_While(self, node: ast.While) -> None:
-        self._loop(node, "cond", node.test)
 
 
 def _apply(lines: list[bytes], insertions: list[tuple[int, int, tuple, bytes]]) -> bytes:
