@@ -60,7 +60,7 @@ def _rewrite(source, filename, modules, sites, models, meta_from, bindings, loop
     args = (module, tree, text, filename, isinstance(source, bytes), modules, len(sites.sites), models, meta_from, loops)
     result, wrapped, marked = _instrument(*args, found, None)
     try:
-        compile_within(result, filename, SAFE_DEPTH)
+        compile_within(result, filename, SAFE_DEPTH, quiet=True)
     except NESTING_ERRORS:  # nested deeper than SAFE_DEPTH: only where the file itself does, and never past Python's limits
         found = Bindings()
         result, wrapped, marked = _instrument(*args, found, Nesting(tree, text))
@@ -103,7 +103,7 @@ def _refuse_what_python_cannot_compile(source: str | bytes, filename: str) -> No
     """A file nested beyond what Python compiles is refused in one line (before libcst, which would take minutes on
     it); other syntax errors are reported by the parsers below, with their own messages."""
     try:
-        compile_within(source, filename)
+        compile_within(source, filename, quiet=True)
     except SyntaxError as exc:
         if "nested" in exc.msg or "too complex" in exc.msg:
             raise RewriteError(f"{filename}:{exc.lineno}: cannot compile: {exc.msg}") from None

@@ -18,6 +18,7 @@ import io
 import sys
 import threading
 import tokenize
+import warnings
 from bisect import bisect_left
 from dataclasses import dataclass
 
@@ -73,14 +74,18 @@ def _frame_depth() -> int:
     return depth
 
 
-def compile_within(source, filename: str, depth: int | None = None):
+def compile_within(source, filename: str, depth: int | None = None, quiet: bool = False):
     """`compile(source)` as if called from the top of a fresh interpreter (budget 3 x the default recursion limit),
-    or with a budget of `depth` nested expressions; raises what compile raises."""
+    or with a budget of `depth` nested expressions; raises what compile raises. `quiet`: no SyntaxWarning shown (a
+    trial compile; the final one shows them once)."""
     budget_frames = -(-depth // 3) if depth is not None else _default_limit
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(_frame_depth() + budget_frames)
     try:
-        return compile(source, filename, "exec", dont_inherit=True)
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            return compile(source, filename, "exec", dont_inherit=True)
     finally:
         sys.setrecursionlimit(previous)
 
