@@ -18,23 +18,30 @@ import re
 
 import libcst as cst
 
-from .calls import HOOK
+from .names import HOOK
 
 _CODING = re.compile(r"^[ \t\f]*#.*?coding[:=]")
 
 BOOT_MODULE = "traincheck_rewrite.runtime.boot"
-BOOT_ALIAS = "_tc_boot"
-# Present in every file this package rewrote (the idempotence marker).
-MARKER = f"{HOOK} = {BOOT_ALIAS}.attach(__file__)"
 LAZY_HOOK_SOURCE = f'__import__("{BOOT_MODULE}", fromlist=("lazy",)).lazy'
+# Present in every file this package rewrote (the idempotence marker), whatever hook name the file got.
+_MARKER = re.compile(rf"\b({HOOK}(?:\d+_)?) = \1boot\.attach\(__file__\)")
+
+
+def marker(hook: str) -> str:
+    """`_tc_ = _tc_boot.attach(__file__)`: binds the hook; the module alias is the hook's name + "boot"."""
+    return f"{hook} = {hook}boot.attach(__file__)"
+
+
+MARKER = marker(HOOK)  # the usual one
 
 
 def is_instrumented(source: str) -> bool:
-    return MARKER in source or LAZY_HOOK_SOURCE in source
+    return _MARKER.search(source) is not None or LAZY_HOOK_SOURCE in source
 
 
-def _boot_statements() -> list[cst.BaseSmallStatement]:
-    parsed = cst.parse_statement(f"import {BOOT_MODULE} as {BOOT_ALIAS}; {MARKER}\n")
+def _boot_statements(hook: str) -> list[cst.BaseSmallStatement]:
+    parsed = cst.parse_statement(f"import {BOOT_MODULE} as {hook}boot; {marker(hook)}\n")
     assert isinstance(parsed, cst.SimpleStatementLine)
     return list(parsed.body)
 
@@ -62,21 +69,22 @@ def _is_future_import(stmt: cst.CSTNode) -> bool:
     )
 
 
-def _append(line: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
+def _append(line: cst.SimpleStatementLine, hook: str) -> cst.SimpleStatementLine:
     body = list(line.body)
     body[-1] = body[-1].with_changes(semicolon=_SEMI)
-    boot = _boot_statements()
+    boot = _boot_statements(hook)
     return line.with_changes(body=body + boot)
 
 
-def _prepend(line: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
-    boot = _boot_statements()
+def _prepend(line: cst.SimpleStatementLine, hook: str) -> cst.SimpleStatementLine:
+    boot = _boot_statements(hook)
     boot[-1] = boot[-1].with_changes(semicolon=_SEMI)
     return line.with_changes(body=boot + list(line.body))
 
 
-def insert_bootstrap(module: cst.Module) -> cst.Module | None:
-    """The module with the runtime import inserted, or None when no line can take it (use the lazy hook)."""
+def insert_bootstrap(module: cst.Module, hook: str) -> cst.Module | None:
+    """The module with the runtime import (binding `hook`) inserted, or None when no line can take it (use the lazy
+    hook)."""
     body = list(module.body)
     anchor = -1
     if body and _is_docstring(body[0]):
@@ -84,20 +92,20 @@ def insert_bootstrap(module: cst.Module) -> cst.Module | None:
     while anchor + 1 < len(body) and _is_future_import(body[anchor + 1]):
         anchor += 1
     if anchor >= 0:
-        body[anchor] = _append(body[anchor])
+        body[anchor] = _append(body[anchor], hook)
         return module.with_changes(body=body)
     if not body:
         return None
     first = body[0]
     if isinstance(first, cst.SimpleStatementLine):
-        body[0] = _prepend(first)
+        body[0] = _prepend(first, hook)
         return module.with_changes(body=body)
     if (  # `try:` has no header to evaluate: its body's first line runs first (libraries start so)
         isinstance(first, cst.Try)
         and isinstance(first.body, cst.IndentedBlock)
         and isinstance(first.body.body[0], cst.SimpleStatementLine)
     ):
-        inner = [_prepend(first.body.body[0]), *first.body.body[1:]]
+        inner = [_prepend(first.body.body[0], hook), *first.body.body[1:]]
         body[0] = first.with_changes(body=first.body.with_changes(body=inner))
         return module.with_changes(body=body)
     # A blank line in the header (after any shebang/coding lines, which are comments) or before the first statement.
@@ -106,7 +114,7 @@ def insert_bootstrap(module: cst.Module) -> cst.Module | None:
     cookie = any(line.comment is not None and _CODING.match(line.comment.value) for line in lines[:2])
     for i in range(len(lines) - 1, 1 if cookie else -1, -1):
         if lines[i].comment is None:
-            boot_line = cst.SimpleStatementLine(body=_boot_statements())
+            boot_line = cst.SimpleStatementLine(body=_boot_statements(hook))
             header, leading = lines[:i], lines[i + 1 :]
             return module.with_changes(
                 header=header, body=[boot_line, first.with_changes(leading_lines=leading)] + body[1:]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import libcst as cst
 
-from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, dotted_name
+from .names import TORCHSCRIPT_DECORATORS, NameFacts, dotted_name
+from .nesting import Nesting
 from .positions import Span
 from .results import SiteTable
 
@@ -39,8 +40,16 @@ class CallWrapper(cst.CSTTransformer):
         site_base: int,
         hook: cst.BaseExpression,
         hook_has_quotes: bool,
+        nesting: Nesting | None = None,
+        paired: bool = True,
     ):
         super().__init__()
+        # A deeply nested file: wrap only where the result still compiles (nesting.py); `added` is how many wrapped
+        # callees enclose the node being visited.
+        self.nesting = nesting
+        self.nesting_paired = paired  # Nesting lists calls in `ast` order: of no use where that order is not libcst's
+        self.added = 0
+        self.decided: dict[int, bool] = {}  # id(original Call) -> wrap it
         # A string literal cannot go inside an f-string (3.11 forbids reusing its quotes there).
         self.hook_has_quotes = hook_has_quotes
         self.fstring_depth = 0
@@ -104,11 +113,22 @@ class CallWrapper(cst.CSTTransformer):
         return True
 
     def visit_Call(self, node: cst.Call) -> None:
-        self.order[id(node)] = self.visited
+        index = self.order[id(node)] = self.visited
         self.visited += 1
+        wrap = not self.frozen_depth and not (self.fstring_depth and self.hook_has_quotes) and self._may_be_api(node.func)
+        if wrap and self.nesting is not None:
+            room = self.nesting.calls[index] if self.nesting_paired and index < len(self.nesting.calls) else None
+            wrap = room is not None and not self.fstring_depth and self.nesting.allows(room, self.added, 6 if self.hook_has_quotes else 1)
+        self.decided[id(node)] = wrap
+
+    def visit_Call_func(self, node: cst.Call) -> None:
+        self.added += self.decided[id(node)]
+
+    def leave_Call_func(self, node: cst.Call) -> None:
+        self.added -= self.decided[id(node)]
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
-        if self.frozen_depth or (self.fstring_depth and self.hook_has_quotes) or not self._may_be_api(original_node.func):
+        if not self.decided[id(original_node)]:
             return updated_node
         index = self.order[id(original_node)]
         span = self.spans[index] if index < len(self.spans) else None

@@ -9,26 +9,28 @@ line keeps its number and every original column its text. The caller compiles th
 hook needs the code anyway) and falls back to the original module if that fails.
 
 `f(a)` -> `_tc_("<library>:<line>:<col>", f)(a)`; `for x in it:` -> `for x in _tc_.loop("<site>", (it)):`;
-`while c:` -> `while _tc_.cond("<site>", (c)):`. What is wrapped follows calls.py in library mode: calls the name
-analysis proves harmless are left alone, and so are calls inside f-strings and bodies TorchScript compiles.
+`while c:` -> `while _tc_.cond("<site>", (c)):` (`_tc_` is `hook_name(source)`: another name where the module uses
+that one). What is wrapped follows calls.py in library mode: calls the name analysis proves harmless are left alone,
+and so are calls inside f-strings and bodies TorchScript compiles.
 """
 
 from __future__ import annotations
 
 import ast
 
-from .names import HOOK, TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names
+from .names import TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names, hook_name
 from .results import RewriteError
 
 
 def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str, ...], loops: bool) -> bytes:
-    """Instrument the library module `source`; `label` ("torch/optim/sgd.py") prefixes its site strings."""
+    """Instrument the library module `source`; `label` ("torch/optim/sgd.py") prefixes its site strings. The hook is
+    called by `hook_name(source)`: the loader puts it into the module's globals under that name."""
     try:
         tree = ast.parse(source, filename)
     except (SyntaxError, ValueError) as exc:
         raise RewriteError(f"{filename}: cannot parse: {exc}") from None
     lines = source.splitlines(keepends=True)
-    finder = _Insertions(collect_names(tree, modules), lines, label, loops)
+    finder = _Insertions(collect_names(tree, modules), lines, label, loops, hook_name(source))
     finder.visit(tree)
     result = _apply(lines, finder.insertions)
     if result.count(b"\n") != source.count(b"\n"):
@@ -36,10 +38,12 @@ def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str
     return result
 
 
-class _Insertions(ast.NodeVisitor):
-    """Collects (line, byte column, order, text): openings before the expression they wrap, closings after it."""
+class _Insertions:
+    """Collects (line, byte column, order, text): openings before the expression they wrap, closings after it.
+    Walks the tree with its own stack: a module nested as deep as Python compiles is no deeper for us."""
 
-    def __init__(self, facts: NameFacts, lines: list[bytes], label: str, loops: bool) -> None:
+    def __init__(self, facts: NameFacts, lines: list[bytes], label: str, loops: bool, hook: str) -> None:
+        self.hook = hook
         self.facts = facts
         self.lines = lines
         self.label = label
@@ -55,8 +59,21 @@ class _Insertions(ast.NodeVisitor):
     def _site(self, line: int, col: int) -> str:
         return f'"{self.label}:{line}:{col}"'
 
-    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
-        """A site string cannot go inside an f-string (3.11 forbids reusing its quotes there)."""
+    def visit(self, tree: ast.AST) -> None:
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.JoinedStr):
+                continue  # a site string cannot go inside an f-string (3.11 forbids reusing its quotes there)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and self._torchscript(node):
+                continue  # TorchScript compiles these bodies from their source: left as written
+            if isinstance(node, ast.Call):
+                self._call(node)
+            elif isinstance(node, ast.For):
+                self._loop(node, "loop", node.iter)
+            elif isinstance(node, ast.While):
+                self._loop(node, "cond", node.test)
+            stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
     def _torchscript(self, node) -> bool:
         for dec in node.decorator_list:
@@ -66,17 +83,10 @@ class _Insertions(ast.NodeVisitor):
                 return True
         return False
 
-    def visit_FunctionDef(self, node) -> None:
-        if not self._torchscript(node):  # TorchScript compiles these bodies from their source: left as written
-            self.generic_visit(node)
-
-    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
-
-    def visit_Call(self, node: ast.Call) -> None:
+    def _call(self, node: ast.Call) -> None:
         if self._may_be_api(node.func):
             col = len(self.lines[node.lineno - 1][: node.col_offset].decode("utf-8", "replace"))
-            self._wrap(node.func, f"{HOOK}({self._site(node.lineno, col)}, ", ")")
-        self.generic_visit(node)
+            self._wrap(node.func, f"{self.hook}({self._site(node.lineno, col)}, ", ")")
 
     def _may_be_api(self, callee: ast.expr) -> bool:
         if isinstance(callee, ast.Name):
@@ -93,14 +103,7 @@ class _Insertions(ast.NodeVisitor):
 
     def _loop(self, node, method: str, value: ast.expr) -> None:
         if self.loops and any(isinstance(n, ast.Call) for stmt in node.body for n in ast.walk(stmt)):
-            self._wrap(value, f"{HOOK}.{method}({self._site(node.lineno, node.col_offset)}, (", "))")
-        self.generic_visit(node)
-
-    def visit_For(self, node: ast.For) -> None:
-        self._loop(node, "loop", node.iter)
-
-    def visit_While(self, node: ast.While) -> None:
-        self._loop(node, "cond", node.test)
+            self._wrap(value, f"{self.hook}.{method}({self._site(node.lineno, node.col_offset)}, (", "))")
 
 
 def _apply(lines: list[bytes], insertions: list[tuple[int, int, tuple, bytes]]) -> bytes:

@@ -12,6 +12,7 @@ import ast
 
 import libcst as cst
 
+from .nesting import Nesting
 from .positions import MAX_TEXT, Span
 
 
@@ -43,8 +44,9 @@ def _body_calls(body: cst.BaseSuite) -> bool:
 
 
 class LoopMarker(cst.CSTTransformer):
-    def __init__(self, hook: cst.BaseExpression, spans: list[Span], site_base: int) -> None:
+    def __init__(self, hook: cst.BaseExpression, spans: list[Span], site_base: int, nesting: Nesting | None = None) -> None:
         super().__init__()
+        self.nesting = nesting  # a deeply nested file: mark only loops whose marker still compiles (nesting.py)
         self.hook = hook
         self.spans = spans
         self.site_base = site_base
@@ -70,12 +72,17 @@ class LoopMarker(cst.CSTTransformer):
             ],
         )
 
+    def _room(self, original: cst.CSTNode) -> bool:
+        """The marker (and a meta variable's `each` around it: two levels) keeps the loop header compilable."""
+        nesting = self.nesting
+        return nesting is None or nesting.allows(nesting.loops[self.order[id(original)]], 0, 2)
+
     def leave_For(self, original_node: cst.For, updated_node: cst.For) -> cst.For:
-        if original_node.asynchronous is not None or not _body_calls(original_node.body):
+        if original_node.asynchronous is not None or not _body_calls(original_node.body) or not self._room(original_node):
             return updated_node
         return updated_node.with_changes(iter=self._marked("loop", original_node, updated_node.iter))
 
     def leave_While(self, original_node: cst.While, updated_node: cst.While) -> cst.While:
-        if not _body_calls(original_node.body):
+        if not _body_calls(original_node.body) or not self._room(original_node):
             return updated_node
         return updated_node.with_changes(test=self._marked("cond", original_node, updated_node.test))

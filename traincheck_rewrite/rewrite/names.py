@@ -18,9 +18,21 @@ BUILTIN_NAMES = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 STDLIB_MODULES = frozenset(getattr(sys, "stdlib_module_names", ())) - {"__main__"}
 
 
-HOOK = "_tc_"  # the name rewritten code calls
+HOOK = "_tc_"  # the name rewritten code calls, unless the file itself uses it (hook_name)
 # Decorators whose functions TorchScript compiles from source: their bodies must stay free of Python-only calls.
 TORCHSCRIPT_DECORATORS = ("jit.script", "jit.script_method", "jit.interface", "jit.script_if_tracing")
+
+
+def hook_name(source: str | bytes) -> str:
+    """The name rewritten code calls the runtime by in this file: `_tc_`, or `_tc_1_`, `_tc_2_`, ... when the file's
+    text holds it anywhere (an identifier, an attribute, a string given to `globals()` or `getattr`), so the program's
+    own names never collide with the runtime's. Derived from the source alone, so cached rewrites carry it."""
+    text = source.decode("latin-1") if isinstance(source, bytes) else source  # any byte string maps 1:1
+    name, n = HOOK, 0
+    while name in text:
+        n += 1
+        name = f"{HOOK}{n}_"
+    return name
 
 
 def dotted_name(node) -> str | None:

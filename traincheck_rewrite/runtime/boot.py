@@ -16,12 +16,13 @@ import sys
 import threading
 import tokenize
 
-from . import dynamo, loader_meta, optimizer_hooks, recorder
+from . import dynamo, loader_meta, optimizer_hooks, recorder, user_files
 from .warn import warn_once
 
 _attached = False
 _run_dir: str | None = None
-ORIGINALS = "original_sources"  # run.py writes the rewritten files' originals there
+_user_files: user_files.UserFiles | None = None
+ORIGINALS = user_files.ORIGINALS  # run.py writes the rewritten files' originals there
 
 
 def _find_run_dir(file: str | None) -> str | None:
@@ -60,6 +61,8 @@ def attach(file: str | None):
             warn_once(f"tracing is off: {type(exc).__name__}: {exc}")
     if _run_dir is not None and file:
         _show_original_source(file)
+        if _user_files is not None:  # the main script: runs under the user's file name from here, then exits
+            user_files.run_main(_user_files, file, sys._getframe(1))
     return recorder.hook
 
 
@@ -82,13 +85,15 @@ def _show_original_source(file: str) -> None:
 
 
 def _start(file: str | None) -> None:
-    global _run_dir
+    global _run_dir, _user_files
     run_dir = _find_run_dir(file)
     if run_dir is None:
         warn_once(f"no run folder (run.json) found above {file}; the program runs untraced")
         return
     _run_dir = run_dir
     settings = _runtime_settings(run_dir)
+    _user_files = user_files.UserFiles(run_dir)
+    sys.meta_path.insert(0, user_files.UserFileFinder(_user_files))  # before the library finder: first in line
     trace_dir = os.environ.get("TC_REWRITE_TRACE_DIR") or os.path.join(run_dir, "traces")
     modules = tuple(settings.get("modules", ("torch",)))
     recorder.start(trace_dir, modules, settings)
@@ -131,7 +136,7 @@ def _strip(exc: BaseException | None, seen: set) -> None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+        while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR) or user_files.is_launcher(tb.tb_frame.f_code)):
             tb = tb.tb_next
         exc.__traceback__ = tb
         while tb is not None:

@@ -2,7 +2,8 @@
 
 As pytest rewrites test modules (`_pytest/assertion/rewrite.py`): a `sys.meta_path` finder claims the modules named
 in `rewrite_libraries` and their submodules, and its loader runs the same call-logging rewrite as on user files
-(no loop markers, no model tracking) with `_tc_` put into the module's globals. The file, `__file__`, line numbers
+(no loop markers, no model tracking) with the hook put into the module's globals (as `_tc_`, or the name
+`hook_name` chose where the module uses that one). The file, `__file__`, line numbers
 and `get_source` stay those of the installed library, so tracebacks, `inspect.getsource`, TorchScript (which
 compiles the original source) and pickling (by qualified name) see the library as it is.
 
@@ -24,12 +25,13 @@ import sys
 import threading
 import time
 from fnmatch import fnmatchcase
+from importlib._bootstrap import _call_with_frames_removed
 from importlib.machinery import PathFinder, SourceFileLoader
 
+from ..rewrite.names import hook_name
 from . import codecache, recorder
 from .warn import warn_once
 
-HOOK = "_tc_"  # the name rewrite.calls.HOOK (not imported: the rewriter needs libcst)
 # Never rewritten, even inside a named package (`torch`): what the hook itself calls (`torch.compiler.is_compiling`
 # calls `torch.jit.is_scripting`); the compiler stack, which traces library code and must not trace itself; and
 # torch._numpy, which wraps every name its modules hold, `_tc_` included.
@@ -146,9 +148,11 @@ class _RewritingLoader(_ImportTimeLoader):
         self.modules = modules
         self.quiet_import = quiet_import
         self.loops = loops
+        self.hook = hook_name(b"")  # what the rewritten code calls the hook: set by get_code from the source
 
     def get_code(self, fullname: str):
         source = self.get_data(self.path)
+        self.hook = hook_name(source)
         key = codecache.entry_key(source, self.path, (self.label, *self.modules, "loops" if self.loops else ""))
         code = codecache.load(key)
         if code is not None:
@@ -171,11 +175,15 @@ class _RewritingLoader(_ImportTimeLoader):
         return code
 
     def exec_module(self, module) -> None:
-        module.__dict__[HOOK] = recorder.library_hook
+        code = self.get_code(module.__name__)
+        module.__dict__[self.hook] = recorder.library_hook
         if self.quiet_import:
-            super().exec_module(module)
-        else:
-            SourceFileLoader.exec_module(self, module)
+            _begin_import()
+        try:
+            _call_with_frames_removed(exec, code, module.__dict__)  # as SourceFileLoader.exec_module does
+        finally:
+            if self.quiet_import:
+                _end_import()
 
 
 def _parents(name: str) -> set[str]:
