@@ -174,19 +174,20 @@ def test_a_killed_tc_rewrite_leaves_a_folder_that_says_how_to_make_the_plain_tra
         os.kill(proc.pid, signal.SIGKILL)
     os.kill(program, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not list(run.glob("trace_*"))
+    for path in run.glob("trace_*"):  # what the live export wrote before it was killed: whole lines
+        assert all(json.loads(line) for line in path.read_text().splitlines()), path
     command = f"tc-rewrite trace export {run} --in-place"
     assert command in (run / "PLAIN_TRACES_NOT_WRITTEN.txt").read_text()
     summary = tc("trace", "summary", str(run))
     assert summary.returncode == 0 and "API calls (completed)" in summary.stdout
     assert summary.stderr.splitlines() == [
-        f"tc-rewrite: note: {run} has no plain traces for TrainCheck's engine (tc-rewrite was stopped before writing "
-        f"them, or is still running): '{command}' writes them"]
+        f"tc-rewrite: note: {run} has no complete plain traces for TrainCheck's engine (tc-rewrite was stopped before "
+        f"completing them, or is still running): '{command}' writes them"]
     made = tc("trace", "export", str(run), "--in-place")
     assert made.returncode == 0, made.stderr
     assert [p.name for p in run.glob("trace_API_*.log")] and not (run / "PLAIN_TRACES_NOT_WRITTEN.txt").exists()
     calls = [json.loads(line) for p in run.glob("trace_API_*.log") for line in p.read_text().splitlines()]
-    assert sum(1 for r in calls if r["function"] == "torch.ones" and r["type"] == "function_call (post)") == 5
+    assert sum(1 for r in calls if r.get("function") == "torch._VariableFunctionsClass.ones" and r["type"] == "function_call (post)") == 5
     assert tc("trace", "summary", str(run)).stderr == ""
 
 

@@ -52,7 +52,7 @@ def trainer_pid(run: Path) -> int:
 
 
 def chrome(run: Path, tmp_path: Path, *extra: str) -> list[dict]:
-    out = tmp_path / "timeline.json.gz"
+    out = tmp_path / f"timeline_{len(list(tmp_path.glob('timeline_*')))}.json.gz"  # export never writes over a file
     proc = tc("export", str(run), "--format", "chrome", "--to", str(out), *extra)
     assert proc.returncode == 0, proc.stderr
     with gzip.open(out) as f:

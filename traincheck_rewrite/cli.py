@@ -142,14 +142,14 @@ def trace_summary(runs, as_json):
 
 
 def _note_missing_plain_traces(runs) -> None:
-    """A run whose tc-rewrite was stopped before writing the plain traces: say how to make them (TrainCheck's
-    engine fails on a folder without them)."""
+    """A run whose tc-rewrite was stopped before completing the plain traces: say how to make them (TrainCheck's
+    engine fails on a folder without them, and may stop reading a thread's file at a call left open)."""
     from .trace.export import plain_traces_missing
 
     for run in runs:
         if plain_traces_missing(run):
-            click.echo(f"tc-rewrite: note: {run} has no plain traces for TrainCheck's engine (tc-rewrite was stopped "
-                       f"before writing them, or is still running): 'tc-rewrite trace export {shlex.quote(run)} "
+            click.echo(f"tc-rewrite: note: {run} has no complete plain traces for TrainCheck's engine (tc-rewrite was "
+                       f"stopped before completing them, or is still running): 'tc-rewrite trace export {shlex.quote(run)} "
                        "--in-place' writes them", err=True)
 
 

@@ -299,15 +299,21 @@ class LiveExport:
         if self.thread is not None:
             self.thread.join()
         try:
+            stats = None
             if self.poll(final=True):
                 self._check_torn()
                 stats = self._complete()
-                if stats is not None:
-                    return stats
+        except OSError as exc:  # reading a torn file, writing the end marks
+            self.failed = self.failed or f"{exc.filename or 'a plain trace file'}: {exc.strerror}"
         finally:
             for source in self.sources.values():
                 if source.out is not None:
-                    source.out.close()
+                    try:
+                        source.out.close()
+                    except OSError as exc:  # the last bytes could not be written (disk full, file too large)
+                        self.failed = self.failed or f"{source.out.path.name}: {exc.strerror}"
+        if self.failed is None:
+            return stats
         self._remove_written()
         return None
 
