@@ -30,3 +30,12 @@ def test_each_compiled_adam_step_is_one_step(tmp_path):
     assert steps_of["torch.Tensor.item"][:8] == list(range(1, 9)), steps_of["torch.Tensor.item"]
     assert steps_of["torch._tensor.Tensor.backward"] == [1, 3, 5, 7]
     assert steps_of["torch.optim.adam.Adam.step"] == [1, 3, 5, 7]
+
+    # Each step changed every parameter once, and the change is recorded in that step, compiled training steps included.
+    last, changed_in = {}, collections.defaultdict(list)
+    for r in sorted((r for r in records if r["type"] == "state_change"), key=lambda r: r["time"]):
+        data, before = r["attributes"]["data"], last.get(r["var_name"])
+        last[r["var_name"]] = data
+        if r["var_type"] == "torch.nn.Parameter" and before is not None and data != before:
+            changed_in[r["var_name"]].append(r["meta_vars"]["step"])
+    assert len(changed_in) == 4 and all(steps == list(range(1, 9)) for steps in changed_in.values()), changed_in

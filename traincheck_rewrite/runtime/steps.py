@@ -60,6 +60,7 @@ class Steps:
         self.on_hold = None  # called on the holding thread when holding begins
         self.on_release = None  # called with (holder, since) when it ends: see `release`
         self.on_step = None  # called on the training thread just after `step` went up
+        self.on_compiled_step = None  # called as an optimizer step made by compiled code is counted, in its step
         self.roots: dict = {}  # id -> tracked root module, for train/eval mode
         self.before_next_step = None  # called with the next step's number just before `step` goes up
         self.sent = False  # a DataLoader worker given its step and stage with each batch (loader_meta.py): kept as sent
@@ -132,6 +133,8 @@ class Steps:
         ending: counted as eager steps are, once per training-loop iteration."""
         self.compiled_step = False
         self.optimizer_step()
+        if self.on_compiled_step is not None:
+            self.on_compiled_step()
         self.optimizer_step_done()
 
     def optimizer_step_done(self) -> None:
