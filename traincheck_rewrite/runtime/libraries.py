@@ -58,7 +58,7 @@ FRAMEWORKS = (
         )
     ),
     *(
-        (f"{fabric}.{module}", False)  # Fabric's loop is the program's: Fabric.backward and the wrapped optimizer's step
+        (f"{fabric}.{module}", False)  # the loop is the program's: Fabric.backward, the wrapped optimizer's step
         for fabric in ("lightning.fabric", "lightning_fabric")
         for module in (
             "plugins.precision",  # precision.backward -> tensor.backward, precision.optimizer_step -> optimizer.step
