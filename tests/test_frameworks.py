@@ -1,5 +1,6 @@
 """Framework-driven training, with a config of only `pyscript` and `models_to_track`: the HF Trainer, Lightning's
-Trainer.fit, an accelerate loop, a GradScaler loop with gradient accumulation, and an HF model in a plain loop.
+Trainer.fit, an accelerate loop, a GradScaler loop with gradient accumulation, an HF model in a plain loop and a
+Lightning Fabric loop.
 
 Each fixture runs plainly and under tc-rewrite (real subprocesses, real traces): the output is the same, `step`
 counts the optimizer steps the plain run made, the stages are right, backward / optimizer step / zero_grad are
@@ -27,6 +28,7 @@ CASES = {
     "accelerate_loop": (False, 1),
     "gradscaler_loop": (True, 2),
     "hf_plain_loop": (True, 1),
+    "fabric_loop": (False, 1),
 }
 
 

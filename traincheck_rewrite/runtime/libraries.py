@@ -59,6 +59,14 @@ FRAMEWORKS = (
             ("strategies.strategy", False),
         )
     ),
+    *(
+        (f"{fabric}.{module}", False)  # the loop is the program's: Fabric.backward, the wrapped optimizer's step
+        for fabric in ("lightning.fabric", "lightning_fabric")
+        for module in (
+            "plugins.precision",  # precision.backward -> tensor.backward, precision.optimizer_step -> optimizer.step
+            "strategies.strategy",  # clip_gradients_norm -> clip_grad_norm_
+        )
+    ),
 )
 _import_lock = threading.Lock()
 

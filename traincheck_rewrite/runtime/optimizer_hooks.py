@@ -6,6 +6,10 @@ optimizer (built-in or a subclass): called from the program, from a framework (t
 a closure. So the step counter learns of each step here rather than from call-site names, and the tracked
 parameters an optimizer step changed are recorded inside the step's own call window, before its post record.
 
+A step made by compiled code (`torch.compile(optimizer.step)`, a compiled training step) runs the hooks only while
+dynamo traces them: the pre-hook then leaves a mark (`Steps.compiled_step`) that dynamo replays each time the
+compiled code runs, and the step counter takes it as one optimizer step at the next loop iteration or loop end.
+
 The hooks are registered once `torch.optim.optimizer` has been imported (`after_import` watches for it), so
 starting the recorder imports nothing.
 """
@@ -54,7 +58,12 @@ def step_name(optimizer) -> str:
 
 def _before_step(optimizer, args, kwargs) -> None:
     state = recorder._state
-    if state is None or calls.compiling():
+    if state is None:
+        return
+    if calls.compiling():
+        # Dynamo traces this hook into the compiled code, where it cannot call the recorder; but it replays a store
+        # to an attribute after the graph runs, with no guard and no graph break: the next loop event takes the step.
+        state.steps.compiled_step = True
         return
     try:
         state.steps.optimizer_step()

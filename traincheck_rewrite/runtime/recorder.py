@@ -23,6 +23,7 @@ from .tracking import Tracker, _unwrap
 from .writer import FLUSH_AGE_NS, TraceWriter
 
 FLUSHER_PERIOD_S = 0.1
+COMPILED_STEP = "compiled optimizer step"  # dump_loc of the state an optimizer step made by compiled code changed
 
 
 class _Local(threading.local):
@@ -58,6 +59,7 @@ class _State:
         self.steps.on_step = _flush_this_thread
         self.steps.on_hold = _hold_this_thread
         self.steps.on_release = _release_thread
+        self.steps.on_compiled_step = _compiled_step_changes
         self.worker_check = 0  # in a child process: tries left to learn its DataLoader worker id
         self.plain = self.sampling is None  # calls may take the plain path (no sampling, no worker id to learn)
         self.pid = os.getpid()
@@ -403,6 +405,26 @@ def after_optimizer_step(name: str, optimizer) -> None:
             else:
                 tracker.check_stepped(name, state.emit_state, (p for group in optimizer.param_groups for p in group["params"]))
         state.steps.optimizer_step_done()
+    except Exception as exc:
+        recorder_error(exc)
+    finally:
+        local.quiet = outer_quiet
+
+
+def _compiled_step_changes() -> None:
+    """An optimizer step made by compiled code ran no post-hook: the tracked state it changed, recorded in its step
+    as the post-hook would (by version counters: the compiled update copies into the parameters)."""
+    state = _state
+    if state is None or state.tracker is None:
+        return
+    local = state.local
+    outer_quiet, local.quiet = local.quiet, True
+    try:
+        if state.sampling is None or calls.sampled(state):
+            if state.tracker.sampler:
+                state.tracker.snapshot(COMPILED_STEP, state.emit_state)
+            else:
+                state.tracker.check(COMPILED_STEP, state.emit_state)
     except Exception as exc:
         recorder_error(exc)
     finally:

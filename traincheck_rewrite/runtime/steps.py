@@ -14,6 +14,8 @@ Optimizer steps are reported by torch's own step hooks (optimizer_hooks.py), who
 training loop is found the same way when its loop module is rewritten with markers (runtime/libraries.py). When an
 optimizer step runs with no marked loop iterating (a loop inside code that is not rewritten), the optimizer steps
 themselves are the training loop (`UNMARKED`): `step` becomes 1 at the first and goes up as each step returns.
+An optimizer step made by compiled code is learnt of at the next loop iteration or loop end (optimizer_hooks.py), as
+if it had been made just before: so each iteration of a marked loop that runs one counts once, as in eager mode.
 
 `stage` is `checkpointing` inside `torch.save`/`torch.load`; else, once training has started, `training` with grad
 enabled and tracked models in train mode and `evaluation` otherwise; before that, `evaluation` for loops run without
@@ -51,6 +53,7 @@ class Steps:
         self.optimizer_seen = False
         self.optimizer_made = False  # while an optimizer exists, its step (not backward) defines the training loop
         self.stepped = False  # an optimizer step (or, without optimizer, a backward) since step last went up
+        self.compiled_step = False  # an optimizer step made by compiled code since the last loop event (optimizer_hooks.py)
         self.checkpointing = 0
         self.local = threading.local()
         self.holder: int | None = None  # the thread whose records are held until the training loop is known
@@ -58,6 +61,7 @@ class Steps:
         self.on_hold = None  # called on the holding thread when holding begins
         self.on_release = None  # called with (holder, since) when it ends: see `release`
         self.on_step = None  # called on the training thread just after `step` went up
+        self.on_compiled_step = None  # called as an optimizer step made by compiled code is counted, in its step
         self.roots: dict = {}  # id -> tracked root module, for train/eval mode
         self.before_next_step = None  # called with the next step's number just before `step` goes up
         self.sent = False  # a DataLoader worker given its step and stage with each batch (loader_meta.py): kept as sent
@@ -73,6 +77,8 @@ class Steps:
     # --- events -----------------------------------------------------------------------------------------------
 
     def iteration(self, loop: int, now: int) -> None:
+        if self.compiled_step:
+            self._take_compiled_step()
         stack = self._stack()
         for i in range(len(stack) - 1, -1, -1):
             if stack[i].loop == loop:
@@ -96,6 +102,8 @@ class Steps:
                 self.on_hold()
 
     def loop_end(self, loop: int) -> None:
+        if self.compiled_step:
+            self._take_compiled_step()
         stack = self._stack()
         for i in range(len(stack) - 1, -1, -1):
             if stack[i].loop == loop:
@@ -120,6 +128,15 @@ class Steps:
                 self._found(stack[-1])
             else:
                 self._found_unmarked()
+
+    def _take_compiled_step(self) -> None:
+        """Compiled code made an optimizer step (one or more) since the last loop event, in the iteration that is
+        ending: counted as eager steps are, once per training-loop iteration."""
+        self.compiled_step = False
+        self.optimizer_step()
+        if self.on_compiled_step is not None:
+            self.on_compiled_step()
+        self.optimizer_step_done()
 
     def optimizer_step_done(self) -> None:
         """With no marked training loop, the records after an optimizer step belong to the next step."""
