@@ -35,7 +35,7 @@ _PROBE = (
     "found = spec is not None and any(os.path.exists(os.path.join(d, 'checker_online.py')) for d in spec.submodule_search_locations or ())\n"
     "print(importlib.metadata.version('traincheck') if found else '')\n"
 )  # fmt: skip
-# What a stopped program's exit code and a found violation make of tc-rewrite's (docs/traincheck.md#live-checking).
+# What a stopped program's exit code and a found violation make of tc-rewrite's (docs/traincheck.md#3-check-while-it-trains).
 EXIT_VIOLATED = 3
 
 
