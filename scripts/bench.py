@@ -351,7 +351,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=None, help="alternating plain/traced pairs per setting [3]")
     parser.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default: all")
     parser.add_argument("--setting", action="append", choices=list(SETTINGS), help="repeatable; default: all")
-    parser.add_argument("--no-traincheck-collect", action="store_true", help="with --traincheck: its engine only, not its collector")
+    parser.add_argument("--no-traincheck-collect", action="store_true", help="with --traincheck: its engine and checker only (no collector row, no invariant table)")
     parser.add_argument("--traincheck", type=Path, metavar="VENV", help="a virtualenv with traincheck==0.2.0 (scripts/traincheck_venv.sh)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--calls", type=int, metavar="ROUNDS", help="only the per-call micro-benchmark, this many rounds")
@@ -375,7 +375,7 @@ def main() -> None:
     micro = micro_benchmarks(1 if args.quick else 3) + rewrite_benchmarks()
     if not args.quick:
         micro += framework_benchmark(pairs)
-    invariants = invariant_table(workloads, traincheck) if traincheck is not None and not args.quick else []
+    invariants = invariant_table(workloads, traincheck) if traincheck is not None and not (args.quick or args.no_traincheck_collect) else []
     if args.json:
         print(json.dumps({"workloads": rows, "micro": [dict(zip(("what", "value", "unit"), m)) for m in micro],
                           "invariants": invariants}, indent=2))
