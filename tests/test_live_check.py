@@ -71,7 +71,7 @@ def _failed_steps(failed_log: Path) -> list[tuple[int, str]]:
 def test_traincheck_online_checker_started_on_an_empty_folder_reports_while_the_program_runs(venv: Path, tmp_path: Path):
     """The checker is started before tc-rewrite, on the empty run folder. The run has DataLoader workers (a new pair
     every 8 steps) and a thread that ends at the start: trace files that stop growing while the run goes on, which
-    would hold the checker back at their last record for good. The bug begins at step 40 of 60, so a violation
+    would hold the checker back at their last record for good. The bug begins at step 30 of 80, so a violation
     reported while the program runs shows that the checker got past every file that stopped. (TrainCheck's checker
     may also report false alarms here, from files it attaches after it took newer records of others: `--check`'s
     driver attaches them first; the test of --check below asserts no violation before the bug.)"""
@@ -83,11 +83,11 @@ def test_traincheck_online_checker_started_on_an_empty_folder_reports_while_the_
                                 str(tmp_path / "online")], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(2)
-        tc = _tc([str(CONFIG), "--output-dir", str(run), "--", *shape, "--steps", "60", "--bug-from", "40",
+        tc = _tc([str(CONFIG), "--output-dir", str(run), "--", *shape, "--steps", "80", "--bug-from", "30",
                   "--step-seconds", "0.15"], tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         seen_while_running: list[int] = []
         while tc.poll() is None:
-            steps = [step for step in _failed_steps(tmp_path / "online" / "failed.log") if step[0] >= 39]
+            steps = [step for step in _failed_steps(tmp_path / "online" / "failed.log") if step[0] >= 29]
             if steps and tc.poll() is None:
                 seen_while_running = steps
                 break
@@ -97,7 +97,7 @@ def test_traincheck_online_checker_started_on_an_empty_folder_reports_while_the_
     finally:
         checker.send_signal(signal.SIGINT)
         checker.wait(60)
-    # a lead violation names the call before the one that shows it: step 39
+    # a lead violation names the call before the one that shows it: step 29
     assert seen_while_running, "TrainCheck's checker reported nothing of the bug while the program ran"
     assert any("zero_grad" in text for _, text in seen_while_running), seen_while_running
     assert (tmp_path / "online" / "report.html").exists()
