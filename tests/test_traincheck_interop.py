@@ -30,7 +30,8 @@ def _collect_and_export(tmp: Path, name: str, *args: str) -> tuple[Path, Path, s
     """A run folder, which the engine reads as it is (the plain traces written beside traces/)."""
     result = run_tc([str(CONFIG), *args], tmp / name)
     assert result.returncode == 0 and result.run_dir is not None, result.stderr[-3000:]
-    assert json.loads((result.run_dir / "run.json").read_text())["plain_traces"]["written"]
+    plain = json.loads((result.run_dir / "run.json").read_text())["plain_traces"]
+    assert plain["written"] and plain["while_running"], plain  # two torchrun ranks followed live
     return result.run_dir, result.run_dir, result.stderr
 
 
