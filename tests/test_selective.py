@@ -144,3 +144,33 @@ def test_the_forward_of_a_programs_own_module_is_not_called_unrecordable_and_is_
     assert "warning: 1 selected APIs are outside modules_to_instr and cannot be recorded: numpy.linalg.norm" in result.stderr
     assert "Net.forward" not in result.stderr
     assert "__main__.Net.forward" in {r["function"] for r in read_records(result.run_dir)}
+
+
+def _identities(run_dir: Path) -> dict:
+    """(step, var_name, dump_loc, n-th such record) -> (data_id, grad_id) of each state record."""
+    out, seen = {}, {}
+    for r in sorted((r for r in read_records(run_dir) if r["type"] == "state_change"), key=lambda r: r["time"]):
+        key = (r["meta_vars"]["step"], r["var_name"], r["dump_loc"])
+        seen[key] = seen.get(key, 0) + 1
+        out[(*key, seen[key])] = (r["attributes"]["data_id"], r["attributes"]["grad_id"])
+    return out
+
+
+def test_state_records_carry_identities_numbered_as_in_the_full_run(tmp_path: Path):
+    """Each tracked tensor's data and grad identity (TrainCheck's `_TRAINCHECK_data_ID` / `_grad_ID`) is a number
+    the tracker gives, the same in a sampled run as in the full run its invariants came from, and in a run with
+    other data."""
+    full = run_tc([str(MLP / "config.yaml")], tmp_path / "full")
+    part = run_tc([str(MLP / "config.yaml"), "--sampling-interval", "5", "--warm-up-steps", "2"], tmp_path / "part")
+    assert full.returncode == part.returncode == 0, part.stderr
+    everything, kept = _identities(full.run_dir), _identities(part.run_dir)
+    data_ids = {}
+    for (step, var, _, _), (data_id, grad_id) in everything.items():
+        data_ids.setdefault(var, set()).add(data_id)
+    assert all(len(ids) == 1 for ids in data_ids.values()), data_ids  # SGD updates in place: one storage each
+    assert len({next(iter(ids)) for ids in data_ids.values()}) == len(data_ids) == 4
+    grads = {step: grad for (step, var, _, _), (_, grad) in everything.items() if var == "model.0.weight" and grad}
+    assert len(set(grads.values())) == len(grads) >= 19  # zero_grad(set_to_none): each step's grad is a new one
+    compared = {key: ids for key, ids in kept.items() if key[2] != "end of skipped steps"}
+    assert {key[0] for key in compared} >= {1, 2, 7, 12, 17}
+    assert compared == {key: everything[key] for key in compared}

@@ -443,10 +443,17 @@ library_hook.cond = _library_cond
 def _closing_skipped_steps(next_step: int) -> None:
     """Before the first recorded step after skipped ones: record what the skipped steps changed, with the last
     skipped step's meta variables, so that the recorded step's own changes stand apart (TrainCheck compares values
-    within a step across ranks)."""
+    within a step across ranks). After every skipped step: the identities its checks would have given."""
     state = _state
+    if state.tracker is None:
+        return
+    if not calls.sampled(state):
+        try:
+            state.tracker.identify_all()
+        except Exception as exc:
+            recorder_error(exc)
     warm_up, interval = state.sampling
-    if state.tracker is None or state.tracker.sampler or next_step <= warm_up or (next_step - warm_up) % interval:
+    if state.tracker.sampler or next_step <= warm_up or (next_step - warm_up) % interval:
         return
     if meta.current.get("stage") != "training":
         return

@@ -14,6 +14,7 @@ next check walks the model again, records the new tensors and forgets the ones i
 
 from __future__ import annotations
 
+import itertools
 import sys
 import weakref
 
@@ -26,7 +27,7 @@ class _Tensor:
 
     __slots__ = (
         "var_name", "var_type", "ref", "ptr", "is_buffer", "version", "data_ptr", "data", "grad_ref", "grad_version",
-        "grad_ptr", "grad", "data_hash", "requires_grad",
+        "grad_ptr", "grad", "data_hash", "requires_grad", "data_id", "data_id_ptr", "grad_id", "grad_id_ref",
     )
 
     def __init__(self, var_name: str, t) -> None:
@@ -36,7 +37,7 @@ class _Tensor:
         self.ref = weakref.ref(t)
         self.ptr = _storage(t)  # the storage it was tracked with (by_ptr)
         self.version = self.data_ptr = self.grad_ref = self.grad_version = self.grad_ptr = self.data_hash = None
-        self.requires_grad = None
+        self.requires_grad = self.data_id = self.data_id_ptr = self.grad_id = self.grad_id_ref = None
         self.data = self.grad = tensors.UNKNOWN
 
     def _same_grad(self, grad) -> bool:
@@ -114,6 +115,7 @@ class Tracker:
         self.module_ids: set[int] = set()  # ids of the tracked models' modules: a registration on one is a change
         self.changed_structure = False  # set by the registration hooks; the next check walks the models again
         self.emit = None
+        self._next_id = itertools.count(1)  # identities of tracked tensors' data and grads: see `identify`
 
     def track(self, name: str, obj, emit) -> None:
         module = _unwrap(obj)
@@ -164,6 +166,35 @@ class Tracker:
             if module is not None:
                 self._walk(name, module, f"track({name}) after an assignment", self.emit)
 
+    def identify(self, entry: _Tensor, t) -> None:
+        """Give the entry's data and grad their identities (`data_id`, `grad_id` in its records): numbers in the
+        order the tracker first sees each, counted from 1 in every process, so that the same parameter has the same
+        ids on every rank and in every run of the program. The data keeps its id while its storage is the same (a
+        parameter updated in place keeps it; `p.data = other` or `model.double()` gives a new one); a grad keeps its
+        id while it is the same tensor (zero_grad with `set_to_none` gives each step's grad a new one). Identities
+        never come from addresses, which differ between runs and recur within one."""
+        ptr = _storage(t)
+        if ptr != entry.data_id_ptr or entry.data_id is None:
+            entry.data_id_ptr = ptr
+            entry.data_id = None if ptr is None else next(self._next_id)
+        grad = t.grad
+        if grad is None:
+            entry.grad_id = entry.grad_id_ref = None
+        elif entry.grad_id_ref is None or entry.grad_id_ref() is not grad:
+            entry.grad_id_ref = weakref.ref(grad)
+            entry.grad_id = next(self._next_id)
+
+    def identify_all(self) -> None:
+        """In a step the sampling skips: the identities the checks of a run recording everything would have given
+        (in tracking order, as a check after `backward` gives the step's new grads theirs), so that a sampled run's
+        ids are that run's."""
+        if self.changed_structure:
+            self._rewalk()
+        for entry in self.tensors.values():
+            t = entry.ref()
+            if t is not None:
+                self.identify(entry, t)
+
     def _write(self, pairs: list, mode: str, dump_loc: str, emit) -> None:
         if not pairs:
             return
@@ -172,6 +203,8 @@ class Tracker:
         attrs = tensors.attributes_batch([t for _, t in pairs], self.fmt, warn_once, known)
         for (entry, t), a in zip(pairs, attrs):
             entry.seen(t, a, keep, a["data"] if self.fmt == "hash" else None)
+            self.identify(entry, t)
+            a["data_id"], a["grad_id"] = entry.data_id, entry.grad_id
             emit(
                 {
                     "type": "state_change",

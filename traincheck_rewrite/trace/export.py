@@ -33,7 +33,8 @@ that no other run can satisfy):
   appearance in its process): the same tensor twice has one id, two tensors alike have two;
 - lists, tuples and dicts are written as TrainCheck's collector writes them (plain JSON when they hold only
   primitives; else a dict keeps its primitive values, a list nothing), so that an argument an invariant names matches;
-- state records get `itemsize` and `nbytes`, as in argument envelopes.
+- state records get `itemsize` and `nbytes`, as in argument envelopes, and their data and grad identities as
+  `_TRAINCHECK_data_ID` and `_TRAINCHECK_grad_ID` (numbers the tracker gives, not addresses: model-tracking.md).
 
 Records are streamed: a thread's API records are held only while one of its calls is open, so memory stays bounded
 by the largest top-level call, not by the trace. State records go to files of their own, so a run with many of them
@@ -62,6 +63,7 @@ RUNTIME_TENSOR_METHOD = "torch.Tensor."  # what the runtime calls methods of tor
 TRAINCHECK_TENSOR_METHOD = "torch._C.TensorBase."  # what TrainCheck's collector calls them
 TRAINCHECK_VARIABLE_FUNCTION = "torch._VariableFunctionsClass."  # its name for torch.flatten & co (VARIABLE_FUNCTIONS)
 DATA_ID = "_TRAINCHECK_data_ID"
+GRAD_ID = "_TRAINCHECK_grad_ID"
 WRITE_BUFFER = 1 << 20
 PARALLEL_STATE_BYTES = 256 << 10  # compressed state records worth exporting in a second process (~0.1 s to start)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
@@ -267,7 +269,6 @@ class ExportStats:
     records: int = 0  # records written
     files: int = 0  # trace files written
     dropped_open_calls: int = 0  # calls with a pre record and no post (process killed mid-call)
-    unchanged_data_dropped: int = 0  # state records whose repeated `data` was left out
     stage_aligned_posts: int = 0  # post records whose stage was set to their pre record's
     repeated_calls_merged: int = 0  # calls of a function made directly inside a call of it on the same object
     truncated_files: list[str] = field(default_factory=list)  # source files that ended torn (read up to the tear)
@@ -410,17 +411,13 @@ def export_in_place(run_dir: str | Path) -> ExportStats:
     return stats
 
 
-def _without_repeated_data(record: dict, last_data: dict, stats: ExportStats) -> dict:
+def _traincheck_state(record: dict) -> dict:
+    """A state record as TrainCheck's collector writes it: the data and grad identities as `_TRAINCHECK_data_ID` and
+    `_TRAINCHECK_grad_ID` (in place). Every record keeps its `data`: the engine reads a missing one as a value."""
     attributes = record.get("attributes")
-    if type(attributes) is not dict or "data" not in attributes:
-        return record
-    key = (record.get("process_id"), record.get("var_name"))
-    data = attributes["data"]
-    if key in last_data and last_data[key] == data:
-        stats.unchanged_data_dropped += 1
-        del attributes["data"]
-        return record
-    last_data[key] = data
+    if type(attributes) is dict and "data_id" in attributes:
+        attributes[DATA_ID] = attributes.pop("data_id")
+        attributes[GRAD_ID] = attributes.pop("grad_id", None)
     return record
 
 
@@ -459,7 +456,6 @@ def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, ki
     read = ReadStats()
     files: dict = {}  # (kind, pid, tid) -> open file
     threads: dict = {}  # (pid, tid) -> _Thread
-    last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
     try:
         records = (r for run_dir in folders for r in read_records(run_dir, kinds=kinds, stats=read))
         for record in records:
@@ -470,7 +466,7 @@ def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, ki
             if out is None:
                 out = files[key] = open(folder / f"trace_{key[0]}_{key[1]}_{key[2]}.log", "wb", buffering=WRITE_BUFFER)
             if is_state:
-                _write(out, (_without_repeated_data(record, last_data, stats),), stats)
+                _write(out, (_traincheck_state(record),), stats)
                 continue
             thread = threads.get(key[1:])
             if thread is None:
