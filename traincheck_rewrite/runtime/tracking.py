@@ -172,14 +172,16 @@ class Tracker:
         ids on every rank and in every run of the program. The data keeps its id while its storage is the same (a
         parameter updated in place keeps it; `p.data = other` or `model.double()` gives a new one); a grad keeps its
         id while it is the same tensor (zero_grad with `set_to_none` gives each step's grad a new one). Identities
-        never come from addresses, which differ between runs and recur within one."""
+        never come from addresses, which differ between runs and recur within one. 0 is none (no grad, no storage):
+        an int as the others are, never equal to a `data` or `grad` value (with null, "grad equals grad_id" holds
+        wherever both are null, and traincheck 0.2.0's check of that invariant fails on an assertion)."""
         ptr = _storage(t)
         if ptr != entry.data_id_ptr or entry.data_id is None:
             entry.data_id_ptr = ptr
-            entry.data_id = None if ptr is None else next(self._next_id)
+            entry.data_id = 0 if ptr is None else next(self._next_id)
         grad = t.grad
         if grad is None:
-            entry.grad_id = entry.grad_id_ref = None
+            entry.grad_id, entry.grad_id_ref = 0, None
         elif entry.grad_id_ref is None or entry.grad_id_ref() is not grad:
             entry.grad_id_ref = weakref.ref(grad)
             entry.grad_id = next(self._next_id)
