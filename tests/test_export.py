@@ -69,14 +69,16 @@ def test_post_record_takes_the_stage_of_its_pre_record(tmp_path: Path):
     assert stats.stage_aligned_posts == 1
 
 
-def test_every_state_record_keeps_its_data_and_names_its_identities_as_traincheck_does(tmp_path: Path):
+def test_state_records_keep_data_where_it_changed_and_name_their_identities_as_traincheck_does(tmp_path: Path):
     records = [state(1, 10, None), state(2, 10, 5), state(3, 11, 5), state(4, 11, None), state(5, 10, 6, name="model.v")]
     for i, r in enumerate(records):
         r["attributes"].update(data_id=1 + (r["var_name"] == "model.v"), grad_id=0 if r["attributes"]["grad"] is None else 10 + i)
     write_trace(tmp_path / "run" / "traces", "trace_VAR_7_1.log.zst", records)
-    export_traincheck(tmp_path / "run", tmp_path / "out")
+    stats = export_traincheck(tmp_path / "run", tmp_path / "out")
     (lines,) = read_export(tmp_path / "out").values()
-    assert [r["attributes"]["data"] for r in lines] == [10, 10, 11, 11, 10]  # the engine reads a missing one as a value
+    assert [r["attributes"].get("data") for r in lines] == [10, None, 11, None, 10]  # export._traincheck_state: why
+    assert all("grad" in r["attributes"] and "shape" in r["attributes"] for r in lines)
+    assert stats.unchanged_data_dropped == 2
     assert [r["attributes"]["_TRAINCHECK_data_ID"] for r in lines] == [1, 1, 1, 1, 2]
     assert [r["attributes"]["_TRAINCHECK_grad_ID"] for r in lines] == [0, 11, 12, 0, 14]
     assert not any("data_id" in r["attributes"] or "grad_id" in r["attributes"] for r in lines)
@@ -255,4 +257,4 @@ def test_state_records_exported_beside_the_api_records_give_the_same_files(monke
     parallel, one = _both_ways(monkeypatch, tmp_path / "job", tmp_path / "job_out")
     assert parallel == one
     assert sorted(one[0]) == ["trace_API_0_0.log", "trace_API_1_0.log", "trace_VAR_0_0.log", "trace_VAR_1_0.log", "trace_VAR_2_0.log"]
-    assert one[1]["records"] == 4 + 4 + 2
+    assert one[1]["records"] == 4 + 4 + 2 and one[1]["unchanged_data_dropped"] == 2

@@ -34,7 +34,8 @@ that no other run can satisfy):
 - lists, tuples and dicts are written as TrainCheck's collector writes them (plain JSON when they hold only
   primitives; else a dict keeps its primitive values, a list nothing), so that an argument an invariant names matches;
 - state records get `itemsize` and `nbytes`, as in argument envelopes, and their data and grad identities as
-  `_TRAINCHECK_data_ID` and `_TRAINCHECK_grad_ID` (numbers the tracker gives, not addresses: model-tracking.md).
+  `_TRAINCHECK_data_ID` and `_TRAINCHECK_grad_ID` (numbers the tracker gives, not addresses: model-tracking.md),
+  and `data` only where it changed (`_traincheck_state` says why);
 
 Records are streamed: a thread's API records are held only while one of its calls is open, so memory stays bounded
 by the largest top-level call, not by the trace. State records go to files of their own, so a run with many of them
@@ -270,6 +271,7 @@ class ExportStats:
     files: int = 0  # trace files written
     dropped_open_calls: int = 0  # calls with a pre record and no post (process killed mid-call)
     stage_aligned_posts: int = 0  # post records whose stage was set to their pre record's
+    unchanged_data_dropped: int = 0  # state records whose repeated `data` was left out (_traincheck_state)
     repeated_calls_merged: int = 0  # calls of a function made directly inside a call of it on the same object
     truncated_files: list[str] = field(default_factory=list)  # source files that ended torn (read up to the tear)
     bad_lines: int = 0  # source lines that were not records
@@ -411,13 +413,28 @@ def export_in_place(run_dir: str | Path) -> ExportStats:
     return stats
 
 
-def _traincheck_state(record: dict) -> dict:
-    """A state record as TrainCheck's collector writes it: the data and grad identities as `_TRAINCHECK_data_ID` and
-    `_TRAINCHECK_grad_ID` (in place). Every record keeps its `data`: the engine reads a missing one as a value."""
+def _traincheck_state(record: dict, last_data: dict, stats: ExportStats) -> dict:
+    """A state record as TrainCheck's collector writes it (in place): the data and grad identities as
+    `_TRAINCHECK_data_ID` and `_TRAINCHECK_grad_ID`, and `data` only where it differs from the variable's last record.
+    The engine skips a missing value (NaN) and merges a value's records; it infers consistency from a value's first
+    record but checks each value's last one: with the data repeated in the next step's records (after zero_grad and
+    backward), a rank whose optimizer step ran late would hold last step's value in a record of this step, beside the
+    other rank's new value of this step and the same grad, and a healthy job would fail "Parameter.data stays
+    consistent" (seen on ddp_desync's healthy rerun: docs/bug-detection.md)."""
     attributes = record.get("attributes")
-    if type(attributes) is dict and "data_id" in attributes:
+    if type(attributes) is not dict:
+        return record
+    if "data_id" in attributes:
         attributes[DATA_ID] = attributes.pop("data_id")
-        attributes[GRAD_ID] = attributes.pop("grad_id", None)
+        attributes[GRAD_ID] = attributes.pop("grad_id", 0)
+    if "data" in attributes:
+        key = (record.get("process_id"), record.get("var_name"))
+        data = attributes["data"]
+        if key in last_data and last_data[key] == data:
+            stats.unchanged_data_dropped += 1
+            del attributes["data"]
+        else:
+            last_data[key] = data
     return record
 
 
@@ -456,6 +473,7 @@ def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, ki
     read = ReadStats()
     files: dict = {}  # (kind, pid, tid) -> open file
     threads: dict = {}  # (pid, tid) -> _Thread
+    last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
     try:
         records = (r for run_dir in folders for r in read_records(run_dir, kinds=kinds, stats=read))
         for record in records:
@@ -466,7 +484,7 @@ def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, ki
             if out is None:
                 out = files[key] = open(folder / f"trace_{key[0]}_{key[1]}_{key[2]}.log", "wb", buffering=WRITE_BUFFER)
             if is_state:
-                _write(out, (_traincheck_state(record),), stats)
+                _write(out, (_traincheck_state(record, last_data, stats),), stats)
                 continue
             thread = threads.get(key[1:])
             if thread is None:

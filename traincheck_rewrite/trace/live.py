@@ -126,6 +126,7 @@ class _Source:
         self.ids: tuple | None = None  # (stable process, stable thread) in that guess
         self.out: _PlainFile | None = None
         self.thread: _Thread | None = None
+        self.last_data: dict = {}
         self.held = False  # bytes past what was read may still be rewritten
         self.lines = 0  # lines read (records and bad lines)
         self.torn = False  # the file ended inside a frame or a line (its writer was killed)
@@ -269,7 +270,7 @@ class LiveExport:
                 if record.get("type") != STATE:
                     raise _Abandon(f"{source.path.name} holds an API record")
                 source.identities.state(record)
-                _write(out, (_traincheck_state(record),), source.stats)
+                _write(out, (_traincheck_state(record, source.last_data, source.stats),), source.stats)
             else:
                 if record.get("type") == STATE:
                     raise _Abandon(f"{source.path.name} holds a state record")
