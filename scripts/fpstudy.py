@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -122,7 +123,7 @@ def study(collector, engine: Path, work: Path) -> Study:
             failed = [violated(r["invariant"], called) for r in bugbench._failed_results(report / "failed.log")]
             triggered = len(failed) + count_results(report / "passed.log")
             result.checked.append(Checked(name, result.invariants, failed, triggered, result.seconds[name]))
-    except (RuntimeError, StopIteration) as exc:
+    except (RuntimeError, StopIteration, subprocess.TimeoutExpired) as exc:
         result.error = str(exc) or "traincheck-check wrote no failed.log"
     return result
 
