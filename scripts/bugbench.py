@@ -13,7 +13,9 @@ For every zoo entry and every collector (`tc-rewrite`; with `--traincheck VENV` 
 4. (`tc-rewrite` only, as evidence for misses) the buggy run collected in full, every API and every step, checked
    against the same invariants: tells a miss of selective collection from a miss of the trace itself.
 
-Each program is also run plainly (healthy and buggy) to give the collection overhead of each run. The engine is the
+Each program is also run plainly (healthy and buggy) to give the collection overhead of each run; the table also gives
+the wall time of `traincheck-infer` on the reference trace and that trace's size in records (the lines of the files
+the engine reads). The engine is the
 one of scripts/traincheck_venv.sh (traincheck==0.2.0). Prints a Markdown table (and writes it to `--out`).
 A violation on the buggy run counts as a detection only at or after the step where the bug begins (the
 `BUG_STEP` constant of the program); violations before it are false alarms too. A lead violation is dated by the
@@ -64,12 +66,13 @@ class Outcome:
 
     collector: str
     invariants: int = 0
+    records: int = 0  # trace records of the reference run the engine reads
     bug_violations: list[dict] = field(default_factory=list)
     healthy_violations: list[dict] = field(default_factory=list)
     full_violations: list[dict] | None = None  # buggy run collected in full (tc-rewrite only)
     live_bug: list[dict] | None = None  # what `--check` reported while the buggy run ran (tc-rewrite only)
     live_healthy: list[dict] | None = None  # ... and while the healthy rerun ran
-    seconds: dict[str, float] = field(default_factory=dict)  # ref, bug, ok, plain, plain_bug
+    seconds: dict[str, float] = field(default_factory=dict)  # collection (ref, bug, ok, full) and inference (infer)
     error: str | None = None
 
     def detections(self, bug_step: int) -> list[dict]:
@@ -212,11 +215,18 @@ def plain_seconds(entry: Entry, env: dict[str, str], python_bin: Path) -> float:
     return seconds
 
 
-def infer(engine: Path, traces: Path, out: Path) -> int:
-    proc, _ = _run([str(engine / "traincheck-infer"), "-f", str(traces), "-o", str(out)], out.parent, _env())
+def infer(engine: Path, traces: list[Path], out: Path) -> tuple[int, float]:
+    """`traincheck-infer` on the trace folders together: the number of invariants and the wall time it took."""
+    proc, seconds = _run([str(engine / "traincheck-infer"), "-f", *map(str, traces), "-o", str(out)], out.parent, _env())
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"traincheck-infer failed: {_tail(proc)}")
-    return sum(1 for line in out.read_text().splitlines() if line.strip())
+    return sum(1 for line in out.read_text().splitlines() if line.strip()), seconds
+
+
+def trace_records(traces: Path) -> int:
+    """The records of a trace folder that the engine reads (its files named trace_* or proxy_log.json)."""
+    read = [p for p in traces.iterdir() if p.name.startswith(("trace_", "proxy_log.json"))]
+    return sum(sum(1 for line in p.open(errors="replace") if line.strip()) for p in read)
 
 
 def check(engine: Path, traces: Path, invariants: Path, out: Path) -> list[dict]:
@@ -286,7 +296,8 @@ def bench(entry: Entry, collector, engine: Path, work: Path, full: bool = True) 
     try:
         ref, outcome.seconds["ref"] = collector.collect(entry, work, "ref", _env(TC_SEED="0"), None)
         invariants = work / "invariants.json"
-        outcome.invariants = infer(engine, ref, invariants)
+        outcome.records = trace_records(ref)
+        outcome.invariants, outcome.seconds["infer"] = infer(engine, [ref], invariants)
         bug, outcome.seconds["bug"] = collector.collect(entry, work, "bug", _env(TC_BUG="1", TC_SEED="0"), invariants)
         outcome.bug_violations = check(engine, bug, invariants, work / "bug_check")
         ok, outcome.seconds["ok"] = collector.collect(entry, work, "ok", _env(TC_SEED="1"), invariants)
@@ -322,9 +333,17 @@ def _fired(violations: list[dict], limit: int = 3) -> str:
     return "<br>".join(t.replace("|", "/") for t in texts[:limit]) + more
 
 
+def inference(outcome: Outcome) -> str:
+    """The inference column: wall time of `traincheck-infer` on the reference trace, and that trace's records."""
+    if "infer" not in outcome.seconds:  # a run from before the column, or inference did not finish
+        return "-"
+    return f"{outcome.seconds['infer']:.0f} s ({outcome.records:,} records)"
+
+
 def row(entry: Entry, outcome: Outcome, plain: dict[str, float]) -> str:
     if outcome.error:
-        return f"| {entry.name} | {outcome.collector} | error: {outcome.error.replace('|', '/')} | | | | | | | |"
+        columns = HEADER.splitlines()[0].count("|") - 1
+        return f"| {entry.name} | {outcome.collector} | error: {outcome.error.replace('|', '/')} |" + " |" * (columns - 3)
     found = outcome.detections(entry.bug_step)
     first = outcome.first_step(entry.bug_step)
     early = outcome.early(entry.bug_step)
@@ -351,14 +370,14 @@ def row(entry: Entry, outcome: Outcome, plain: dict[str, float]) -> str:
     )
     return (
         f"| {entry.name} | {outcome.collector} | {'yes' if found else '**no**'} | {entry.bug_step} | "
-        f"{'-' if first is None else first} | {live} | {outcome.invariants} | {fired} | {alarms} | {overhead} | {full} |"
+        f"{'-' if first is None else first} | {live} | {outcome.invariants} | {inference(outcome)} | {fired} | {alarms} | {overhead} | {full} |"
     )
 
 
 HEADER = (
-    "| entry | collector | detected | bug begins | first violation | --check reports it | invariants | invariants that fired | "
-    "false alarms | overhead ref / bug / ok | buggy run collected in full |\n"
-    "| --- | --- | --- | ---: | ---: | --- | ---: | --- | --- | --- | --- |"
+    "| entry | collector | detected | bug begins | first violation | --check reports it | invariants | inference (trace) | "
+    "invariants that fired | false alarms | overhead ref / bug / ok | buggy run collected in full |\n"
+    "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | --- | --- |"
 )
 
 
