@@ -16,7 +16,11 @@ TrainCheck's interpreter (this file imports nothing of traincheck_rewrite), with
   last looked: a call is checked before the state records inside it are read (a false "zero_grad does not change
   grad"). Here the slowest file decides, a file counts as read up to its last record (the live export's progress
   marks keep an idle file moving), and before any file's new lines are read, every trace file that appeared in the
-  folder is registered (as read up to time 0) and then read (watchdog hands out modifications before creations).
+  folder is registered (as read up to time 0) and then read (watchdog hands out modifications before creations);
+- "f() receives distinct arguments at each step" holds each pair of calls to the invariant's precondition, a property
+  of two calls ("same step, unequal stage"), as inference does: the online check tested the new call alone and then
+  compared every pair of the step, so an evaluation's forward let the other ranks' training forwards, alike on every
+  rank, be compared (a false alarm on each healthy two-rank run with such an invariant).
 
     python onlinecheck_driver.py <traincheck-onlinecheck arguments>
 """
@@ -27,10 +31,13 @@ import os
 import queue
 import sys
 import time
+from itertools import combinations
 
 from traincheck import checker_online
+from traincheck.invariant import DistinctArgumentRelation as distinct_argument
+from traincheck.invariant.base_cls import OnlineCheckerResult
 from traincheck.onlinechecker import streamhandler_filesystem
-from traincheck.onlinechecker.utils import Checker_data
+from traincheck.onlinechecker.utils import Checker_data, set_meta_vars_online
 
 END_OF_TRACE = "end_of_trace"
 POLL_S = 0.2
@@ -138,6 +145,32 @@ class _KnownFolder(_FolderCreationHandler):
             super().attach(path)
 
 
+def _distinct_among_admitted(check_relation_first, inv, trace_record, checker_data):
+    """DistinctArgumentRelation.online_check, with each pair of calls held to the precondition, which is a property
+    of two calls (examples are pairs: "same step, unequal stage"), as inference and the offline check read it."""
+    if trace_record["type"] != distinct_argument.TraceLineType.FUNC_CALL_PRE:
+        return OnlineCheckerResult(trace=None, invariant=inv, check_passed=True)
+    with checker_data.lock:
+        [trace_record] = set_meta_vars_online([trace_record], checker_data)
+        calls = checker_data.args_map.get(inv.params[0].api_full_name, {}).get(trace_record.get("meta_vars.step", -1), {})
+        for pt1, pt2 in combinations(list(calls), 2):
+            for one in calls[pt1]:
+                for other in calls[pt2]:
+                    if _alike_and_admitted(inv, one, other):
+                        return OnlineCheckerResult(trace=[one, other], invariant=inv, check_passed=False)
+        for pt in calls:
+            for one, other in combinations(calls[pt], 2):
+                if _alike_and_admitted(inv, one, other):
+                    return OnlineCheckerResult(trace=[one, other], invariant=inv, check_passed=False)
+    return OnlineCheckerResult(trace=None, invariant=inv, check_passed=True)
+
+
+def _alike_and_admitted(inv, one: dict, other: dict) -> bool:
+    return distinct_argument.is_arguments_list_same(one["args"], other["args"]) and inv.precondition.verify(
+        [one, other], distinct_argument.EXP_GROUP_NAME, None
+    )
+
+
 def _polling_observer():
     return _PollingObserver(timeout=POLL_S)
 
@@ -151,5 +184,6 @@ if __name__ == "__main__":
     streamhandler_filesystem.StreamLogHandler._save_initial_content = _initial_content
     streamhandler_filesystem.StreamLogHandler._set_read_time = _set_read_time
     streamhandler_filesystem.FolderCreationHandler = _KnownFolder
+    distinct_argument.DistinctArgumentRelation.online_check = staticmethod(_distinct_among_admitted)
     sys.argv = ["traincheck-onlinecheck", *sys.argv[1:]]
     checker_online.main()
