@@ -149,6 +149,46 @@ def test_library_calls_made_at_import_time_are_logged_only_when_asked(mlp_record
     assert import_time and all(isinstance(r["site"], str) and r["meta_vars"]["stage"] == "init" for r in import_time)
 
 
+def descendants(records: list[dict], function: str) -> list[tuple[dict, set[str]]]:
+    """Each logged call of `function`, with the names of every call logged inside it (through `parent_id`)."""
+    pre = [r for r in records if r["type"] == "function_call (pre)"]
+    children: dict[int, list[dict]] = {}
+    for r in pre:
+        children.setdefault(r["parent_id"], []).append(r)
+
+    def below(call_id: int) -> set[str]:
+        return {c["function"] for c in children.get(call_id, [])}.union(*(below(c["func_call_id"]) for c in children.get(call_id, [])))
+
+    return [(r, below(r["func_call_id"])) for r in pre if r["function"] == function]
+
+
+def test_default_depth_logs_what_runs_inside_nn_utils(tmp_path, cache_dir):
+    """torch.nn.utils is rewritten by default: what spectral/weight norm's hooks, the parametrizations and gradient
+    clipping run each step is in the trace (spectral norm's power iteration is what pytorch-51800 is about), and the
+    program prints what it prints plainly."""
+    fixture = FIXTURES / "nn_utils"
+    plain = run_plain([sys.executable, "train.py"], cwd=fixture)
+    traced = run_tc([str(fixture / "config.yaml")], tmp_path, cwd=fixture, env_extra={"TC_REWRITE_CACHE_DIR": str(cache_dir)})
+    assert plain.returncode == traced.returncode == 0, traced.stderr
+    assert traced.stdout == plain.stdout
+    records = list(read_records(traced.run_dir))
+    utils = "torch.nn.utils."
+
+    spectral = descendants(records, utils + "spectral_norm.SpectralNorm.compute_weight")
+    training = [inner for call, inner in spectral if call["meta_vars"]["stage"] == "training"]
+    evaluation = [inner for call, inner in spectral if call["meta_vars"]["stage"] == "evaluation"]
+    assert len(training) == 5 and all({"torch.nn.functional.normalize", "torch.mv", "torch.dot"} <= inner for inner in training)
+    assert len(evaluation) == 1 and "torch.nn.functional.normalize" not in evaluation[0] and "torch.dot" in evaluation[0]
+    assert all("torch._weight_norm" in inner for _, inner in descendants(records, utils + "weight_norm.WeightNorm.compute_weight"))
+    power = [inner for call, inner in descendants(records, utils + "parametrizations._SpectralNorm.forward")
+             if call["meta_vars"]["stage"] == "training"]  # fmt: skip
+    assert len(power) == 5 and all(utils + "parametrizations._SpectralNorm._power_method" in inner for inner in power)
+    assert all("torch.matrix_exp" in inner for _, inner in descendants(records, utils + "parametrizations._Orthogonal.forward"))
+    clipped = [inner for call, inner in descendants(records, utils + "clip_grad.clip_grad_norm_") if isinstance(call["site"], int)]
+    assert len(clipped) == 5
+    assert all({utils + "clip_grad._get_total_norm", utils + "clip_grad._clip_grads_with_norm_"} <= inner for inner in clipped)
+
+
 # What each fixture checks about itself, printed in both runs: dynamo made one graph and no graph break (fullgraph=True
 # would fail on one anyway); inspect.getsource of a rewritten library function is the installed source.
 SELF_CHECKS = {"compiled": "graphs 1 graph_breaks 0", "scripted": "getsource unchanged: True"}

@@ -72,6 +72,17 @@ def test_stages_follow_what_the_program_does(tmp_path: Path):
     assert all(r["meta_vars"]["experiment_phase"] == "main" for r in after)
 
 
+def test_an_eval_mode_check_in_the_first_training_iteration_is_training_as_in_later_ones(tmp_path: Path):
+    # Made before the first optimizer step tells which loop trains, and relabelled then: a tracked model in eval mode
+    # with grad on in the training loop's own iteration is training at step 1 as at steps 2 and 3 (pytorch-51800's
+    # spectral norm run in eval mode before any training-mode forward is a training-stage fact).
+    _, records = _run(tmp_path, "eval_mode_check", "--models-to-track", "model")
+    marks = [(code, r["meta_vars"]["step"], r["meta_vars"]["stage"]) for code, r in _marks(records)]
+    assert [m for m in marks if m[0] == 10] == [(10, 1, "training"), (10, 2, "training"), (10, 3, "training")]
+    assert [m for m in marks if m[0] == 20] == [(20, 1, "evaluation"), (20, 2, "evaluation"), (20, 3, "evaluation")]
+    assert [m for m in marks if m[0] == 30] == [(30, 0, "evaluation")] * 2
+
+
 def test_in_code_api_is_a_no_op_without_the_tool():
     plain = run_plain([sys.executable, "stages.py"], cwd=STEPS)
     assert plain.returncode == 0 and plain.stdout == "done\n", plain.stderr

@@ -64,8 +64,9 @@ class Config:
 
 # Library depth when a config names none: the modules' own calls (`Linear.forward` -> `F.linear`, `BatchNorm2d.forward`
 # -> `F.batch_norm`, `Module.train` -> each submodule's) are what the engine's contain relations learn most from, for
-# about 0.05-0.1x of the plain run (docs/library-depth.md, measured with each bench workload).
-DEFAULT_LIBRARIES = ("torch.nn.modules",)
+# about 0.05-0.1x of the plain run (docs/library-depth.md, measured with each bench workload); torch.nn.utils for what
+# runs inside spectral/weight norm's hooks, parametrizations and clip_grad_norm_, which training code calls each step.
+DEFAULT_LIBRARIES = ("torch.nn.modules", "torch.nn.utils")
 KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
 _PATH_KEYS = {"pyscript", "shscript", "output_dir", "checker"}
 # Switches of traincheck-collect 0.2.0 that tune how it patches torch; accepted (flag and key), and what we do instead.

@@ -45,11 +45,13 @@ def _kwargs(kwargs: dict | None) -> str:
 
 def relabelled(meta: dict) -> dict:
     """The meta variables of a held record made in the training loop's first iteration: step 1, stage training
-    (unless the program sets the stage itself)."""
+    (unless the program sets the stage itself), as in its later iterations: `init`, and `evaluation` made with grad on
+    and a tracked model in eval mode in that loop's own iteration (steps.py), become `training`."""
     if meta.get("step", 0) != 0:
         return meta
     stage = meta.get("stage")
-    return {**meta, "step": 1, "stage": "training" if stage == "init" and not _meta.program_stage else stage}
+    training = not _meta.program_stage and (stage == "init" or id(meta) in _meta.training_after_all)
+    return {**meta, "step": 1, "stage": "training" if training else stage}
 
 
 def _dict_line(record: dict, t: int, pid: int, tid: int, meta: dict | None) -> bytes | None:

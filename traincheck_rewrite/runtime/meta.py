@@ -8,6 +8,11 @@ from __future__ import annotations
 
 current: dict = {"step": 0}
 program_stage = False  # the program sets `stage` itself (TrainCheck's annotate_stage): no automatic stage from then on
+# Snapshots whose `evaluation` holds only until the loop they were made in turns out to be the training loop (a tracked
+# model in eval mode with grad on, before the first optimizer step): id -> (snapshot, loop); steps.py keeps it, and
+# `training_after_all` holds the ids whose loop did, for encode.relabelled.
+provisional: dict[int, tuple[dict, int]] = {}
+training_after_all: set[int] = set()
 
 
 def update(**values) -> None:

@@ -199,8 +199,11 @@ class Steps:
     def release(self, since: int | None) -> None:
         """End holding; the held records from `since` on were in the first training iteration: step 1, training."""
         holder, self.holder = self.holder, None
+        loop = self.training_loop
+        meta.training_after_all = {key for key, (_, made_in) in meta.provisional.items() if made_in == loop}
         if holder is not None and self.on_release is not None:
             self.on_release(holder, since)
+        meta.provisional, meta.training_after_all = {}, set()
 
     # --- stage ------------------------------------------------------------------------------------------------
 
@@ -239,3 +242,16 @@ class Steps:
         stage = self.stage()
         if meta.current.get("stage") != stage:
             meta.update(stage=stage)
+        if stage == "evaluation" and self.training_loop is None and not meta.program_stage:
+            self._mark_provisional()
+
+    def _mark_provisional(self) -> None:
+        """Before the training loop is known, `evaluation` with grad on (a tracked model in eval mode) in a loop's
+        iteration is `training` if that loop turns out to be the training loop, as in its later iterations: such
+        records get a snapshot of their own, remembered with the loop (meta.provisional)."""
+        loop = self._stack()[-1].loop if self._grad_enabled() else None
+        entry = meta.provisional.get(id(meta.current))
+        if (entry[1] if entry is not None and entry[0] is meta.current else None) != loop:
+            meta.update(stage="evaluation")
+            if loop is not None:
+                meta.provisional[id(meta.current)] = (meta.current, loop)
