@@ -68,6 +68,7 @@ def _opt(*decls, **kw):
 @_opt("--no-rewrite-libraries", is_flag=True, help="Log no calls made inside libraries (beside the frameworks').")
 @_opt("--rewrite-frameworks/--no-rewrite-frameworks", help="Log what training frameworks call for the program [on].")
 @_opt("--log-import-time-calls", is_flag=True, help="Also log calls made while rewritten libraries are imported.")
+@_opt("--track-inner-updates", is_flag=True, help="Record each tracked tensor's change at the in-place update inside a library call that made it.")
 @_opt("--plain-traces/--no-plain-traces", help="Also write the plain traces TrainCheck's engine reads into the run folder [on].")
 @_opt("--check", is_flag=True, help="Check the invariants while the program runs, with TrainCheck's online checker.")
 @_opt("--checker", metavar="PATH", help="TrainCheck's virtualenv (or its traincheck-onlinecheck) [from PATH].")

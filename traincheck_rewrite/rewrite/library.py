@@ -11,14 +11,16 @@ hook needs the code anyway) and falls back to the original module if that fails.
 `f(a)` -> `_tc_("<library>:<line>:<col>", f)(a)`; `for x in it:` -> `for x in _tc_.loop("<site>", (it)):`;
 `while c:` -> `while _tc_.cond("<site>", (c)):` (`_tc_` is `hook_name(source)`: another name where the module uses
 that one). What is wrapped follows calls.py in library mode: calls the name analysis proves harmless are left alone,
-and so are calls inside f-strings and bodies TorchScript compiles.
+and so are calls inside f-strings and bodies TorchScript compiles. One difference: in a module of an instrumented
+package the module's own functions and classes are APIs (`torch.nn.init.kaiming_uniform_` calling
+`_calculate_correct_fan` and `calculate_gain`), where a program's own are not; their calls are wrapped too.
 """
 
 from __future__ import annotations
 
 import ast
 
-from .names import TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names, hook_name
+from .names import TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names, hook_name, module_matches
 from .results import RewriteError
 
 
@@ -30,12 +32,21 @@ def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str
     except (SyntaxError, ValueError) as exc:
         raise RewriteError(f"{filename}: cannot parse: {exc}") from None
     lines = source.splitlines(keepends=True)
-    finder = _Insertions(collect_names(tree, modules), lines, label, loops, hook_name(source))
+    facts = collect_names(tree, modules)
+    if module_matches(_module_name(label), modules):
+        facts.other_bindings |= facts.user_defs  # its own functions are instrumented APIs: decided at run time
+    finder = _Insertions(facts, lines, label, loops, hook_name(source))
     finder.visit(tree)
     result = _apply(lines, finder.insertions)
     if result.count(b"\n") != source.count(b"\n"):
         raise RewriteError(f"{filename}: internal error: the rewrite moved lines")
     return result
+
+
+def _module_name(label: str) -> str:
+    """`torch.nn.init` for the label "torch/nn/init.py", `torch.optim` for "torch/optim/__init__.py"."""
+    parts = label.removesuffix(".py").split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 class _Insertions:

@@ -28,7 +28,7 @@ from types import MethodType
 
 from . import meta
 from .encode import EXC, POST, PRE
-from .lookup import BOUND, FORWARD, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
+from .lookup import BOUND, FORWARD, INNER, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
 from .values import _tensor_types, encoded, encoded_return, number, type_name
 from .warn import warn_once
 from .writer import BATCH
@@ -67,6 +67,10 @@ def hook(site, fn):
     if found is None:
         return fn
     info = found[0]
+    if info[INNER] is not None and type(site) is str and not state.track_inner_updates:
+        thread = state.local.thread
+        if thread is not None and thread.checking:  # inside a call that checks: its check records this call's changes
+            info = info[INNER]
     if not (info[LOGGED] or info[ROLE]):
         if _c_call is not None:
             return _c_call(site, fn, None, found[1])
@@ -203,6 +207,7 @@ def general_begin(s, site, fn, info, owner, args, kwargs):
     if skip:
         _number(owner, *args, *kwargs.values())
         thread.unrecorded += 1
+        thread.checking += check
         return (None, s, thread, role, check and info)
     local.quiet = True
     try:
@@ -228,6 +233,7 @@ def general_begin(s, site, fn, info, owner, args, kwargs):
         recorder_error(exc)
         return None
     stack.append(pre)
+    thread.checking += check
     local.quiet = outer_quiet
     return (s, thread, n, info, parent, restage, check)
 
@@ -237,6 +243,7 @@ def general_end(token: tuple, result, exc: BaseException | None) -> None:
     if token[0] is None:  # no API records: skipped by sampling, or not selected
         _, s, thread, role, checked_info = token
         thread.unrecorded -= 1
+        thread.checking -= bool(checked_info)
         unrecorded_after(s, role, checked_info)
         if exc is None:
             _number(result)
@@ -290,6 +297,7 @@ def after_call(s, thread, n: int, info: tuple, parent, restage: bool, check: boo
     """State records of what the call changed (inside its window), the post or exception record, the role's end."""
     local = s.local
     outer_quiet, local.quiet = local.quiet, True
+    thread.checking -= check
     try:
         name, role = info[NAME], info[ROLE]
         state_inside(s, check, info)

@@ -35,11 +35,12 @@ class _Thread:
     """One thread's writers, open calls and records waiting to be written (plain attributes: cheaper than
     thread-local ones)."""
 
-    __slots__ = ("writer", "var_writer", "stack", "tid", "records", "unrecorded")
+    __slots__ = ("writer", "var_writer", "stack", "tid", "records", "unrecorded", "checking")
 
     def __init__(self, writer: TraceWriter, tid: int) -> None:
         self.writer, self.var_writer, self.stack, self.tid, self.records = writer, None, [], tid, writer.records
         self.unrecorded = 0  # logged calls open without records (skipped by sampling or not selected)
+        self.checking = 0  # logged calls open that check tracked state after they run
 
 
 class _State:
@@ -54,6 +55,7 @@ class _State:
         select = settings.get("select")
         self.select: dict | None = select["functions"] if select else None  # API name -> record its arguments
         self.track_state = not select or select["variables"]
+        self.track_inner_updates = bool(settings.get("track_inner_updates"))  # else see tracking.contains_for_engine
         self.tracker: Tracker | None = None  # made by the first track() call
         self.steps = Steps()
         self.steps.on_step = _flush_this_thread
