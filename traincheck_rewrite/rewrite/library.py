@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ast
 
-from .names import TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names, hook_name, module_matches
+from .names import FRAME_SENSITIVE, TORCHSCRIPT_DECORATORS, NameFacts, ast_dotted_name, collect_names, hook_name, module_matches
 from .results import RewriteError
 
 
@@ -33,14 +33,20 @@ def rewrite_library(source: bytes, filename: str, label: str, modules: tuple[str
         raise RewriteError(f"{filename}: cannot parse: {exc}") from None
     lines = source.splitlines(keepends=True)
     facts = collect_names(tree, modules)
-    if module_matches(_module_name(label), modules):
-        facts.other_bindings |= facts.user_defs  # its own functions are instrumented APIs: decided at run time
+    if module_matches(_module_name(label), modules):  # its own functions are instrumented APIs: decided at run time
+        facts.other_bindings |= _module_level_defs(tree) & facts.user_defs - FRAME_SENSITIVE
     finder = _Insertions(facts, lines, label, loops, hook_name(source))
     finder.visit(tree)
     result = _apply(lines, finder.insertions)
     if result.count(b"\n") != source.count(b"\n"):
         raise RewriteError(f"{filename}: internal error: the rewrite moved lines")
     return result
+
+
+def _module_level_defs(tree: ast.Module) -> set[str]:
+    """Names of the functions and classes defined at the module's top level (not methods: a method `type` does not
+    make the builtin `type(x)` an API)."""
+    return {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
 
 
 def _module_name(label: str) -> str:
