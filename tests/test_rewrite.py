@@ -394,6 +394,33 @@ def test_library_rewrite_wraps_the_sites_the_libcst_rewrite_wraps(module):
     assert len(found) > 50
 
 
+def test_first_iterations_hook_a_loops_calls_only_in_its_first_iteration():
+    """An optimizer's per-parameter loop: later iterations call the callee as written (one test of a local), the
+    loop's iterable and else clause and the calls in a nested scope are hooked as usual."""
+    src = textwrap.dedent(
+        """\
+        import torch
+        def step(params):
+            for p in params:
+                torch.is_complex(p)
+                [torch.ones(1) for _ in params]
+            else:
+                torch.zeros(1)
+        """
+    ).encode()
+    out = rewrite_library(src, "/site/torch/optim/m.py", "torch/optim/m.py", ("torch",), False, first_iterations=True).decode()
+    lines = out.splitlines()
+    assert lines[2] == "    for _tc_i1, (p) in enumerate(params):"
+    assert lines[3] == '        (torch.is_complex if _tc_i1 else _tc_("torch/optim/m.py:4:8", torch.is_complex))(p)'
+    assert lines[4] == '        [_tc_("torch/optim/m.py:5:9", torch.ones)(1) for _ in params]'
+    assert lines[6] == '        _tc_("torch/optim/m.py:7:8", torch.zeros)(1)'
+    calls = []
+    namespace = {"_tc_": lambda site, f: calls.append(site) or f}
+    exec(compile(out, "m", "exec"), namespace)
+    namespace["step"]([namespace["torch"].ones(1)] * 3)
+    assert calls.count("torch/optim/m.py:4:8") == 1 and calls.count("torch/optim/m.py:5:9") == 9
+
+
 def test_a_library_modules_own_functions_are_apis_when_the_module_is_instrumented():
     """`torch.nn.init.kaiming_uniform_` calls `_calculate_correct_fan` and `calculate_gain`, defined beside it: APIs
     TrainCheck's engine learns from. A module outside the instrumented packages keeps them unwrapped."""

@@ -20,7 +20,7 @@ from .values import type_name
 _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
 
 # What an info tuple holds, by index.
-NAME, BOUND, MUTATES, ROLE, RESTAGE, LOGGED, DUMP_ARGS, NAME_JSON, BOUND_JSON, PLAIN, FORWARD, INNER = range(12)
+NAME, BOUND, MUTATES, ROLE, RESTAGE, LOGGED, DUMP_ARGS, NAME_JSON, BOUND_JSON, PLAIN, FORWARD, INNER, CONTAINED_ONLY = range(13)
 
 # Optimizer steps are not told by name: torch's step hooks report every one (optimizer_hooks.py).
 ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER = 2, 3, 4, 5
@@ -72,8 +72,8 @@ def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
     arguments, the name and is_bound_method as JSON, whether the call takes the plain path (no role, no state check,
     no stage change, records with arguments), whether it is a module's call (`model(x)`), and for a call that
     changes state but that TrainCheck's engine never takes as a containing call (an in-place tensor method, a private
-    function) the same info without the state check, which it has inside a call that checks (`hook`). None for
-    what is no API. Under `--invariants` an API no invariant names has `logged` False: with no role either, the hook only
+    function) the same info without the state check, which it has inside a call that checks (`hook`), and whether
+    the engine takes it only as a contained call (its name is in the engine's skip list). None for what is no API. Under `--invariants` an API no invariant names has `logged` False: with no role either, the hook only
     numbers its tensors (`numbered`)."""
     if name in _MODULE_CALL_STEPS or "<locals>" in name:
         return None  # a closure made inside a library function is no API (nothing TrainCheck's collector can patch)
@@ -93,8 +93,9 @@ def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
               "true" if bound else "false", plain, forward)  # fmt: skip
     inner = None
     if changes_state and not forward and not contains_for_engine(name):
-        inner = (*common[:MUTATES], False, *common[MUTATES + 1 : PLAIN], not (role or restage) and logged and dump_args, forward, None)
-    return (*common, inner)
+        # inside a logged call a stage change is not looked for either (it has the stage of the call it runs in)
+        inner = (*common[:MUTATES], False, *common[MUTATES + 1 : PLAIN], not role and logged and dump_args, forward, None, True)
+    return (*common, inner, not forward and not contains_for_engine(name))
 
 
 def _class_path(cls: type) -> str:

@@ -35,12 +35,13 @@ class _Thread:
     """One thread's writers, open calls and records waiting to be written (plain attributes: cheaper than
     thread-local ones)."""
 
-    __slots__ = ("writer", "var_writer", "stack", "tid", "records", "unrecorded", "checking")
+    __slots__ = ("writer", "var_writer", "stack", "tid", "records", "unrecorded", "checking", "repeats")
 
     def __init__(self, writer: TraceWriter, tid: int) -> None:
         self.writer, self.var_writer, self.stack, self.tid, self.records = writer, None, [], tid, writer.records
         self.unrecorded = 0  # logged calls open without records (skipped by sampling or not selected)
         self.checking = 0  # logged calls open that check tracked state after they run
+        self.repeats: dict = {}  # open call's number -> names of the calls it made that are logged once (hook)
 
 
 class _State:
