@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import setup_invariants  # noqa: E402  (scripts/ is no package)
 BENCH = ROOT / "fixtures" / "bench"
 WORKLOADS = ("mlp", "cnn", "lm")
 DEPTH_LIBRARIES = ("torch.optim", "torch.nn.modules", "torch.nn.functional")
@@ -143,7 +145,8 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
 def invariant_table(workloads: list[str], traincheck: Path) -> list[dict]:
     """What the engine learns from each collector: TrainCheck's `traincheck-infer` on a 30-step run of each
     workload, traced by `tc-rewrite` with its default settings (exported) and by TrainCheck's collector (the same
-    script, `--models-to-track model`); invariants counted by relation."""
+    script, `--models-to-track model`); invariants counted by relation, and TrainCheck's again without its set-up
+    invariants (scripts/setup_invariants.py: the calls torch makes while it sets itself up)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="tc-bench-inv-") as tmp:
         for name in workloads:
@@ -162,19 +165,25 @@ def invariant_table(workloads: list[str], traincheck: Path) -> list[dict]:
             for collector, folder in (("tc-rewrite", export), ("traincheck-collect", theirs)):
                 out = work / f"{collector}.invariants.json"
                 _run([str(traincheck / "bin" / "traincheck-infer"), "-f", str(folder), "-o", str(out)], work)
-                relations = collections.Counter(json.loads(line)["relation"] for line in out.read_text().splitlines() if line.strip())
-                rows.append({"workload": name, "collector": collector, "relations": dict(relations)})
+                invariants = setup_invariants.read_invariants(out)
+                rows.append({"workload": name, "collector": collector,
+                             "relations": dict(collections.Counter(inv["relation"] for inv in invariants))})  # fmt: skip
+                if collector == "traincheck-collect":
+                    rows.append({"workload": name, "collector": "traincheck-collect without set-up",
+                                 "relations": dict(setup_invariants.without_setup(invariants))})  # fmt: skip
     return rows
 
 
 def _print_invariants(rows: list[dict]) -> None:
     relations = sorted({r for row in rows for r in row["relations"]})
     columns = [(row["workload"], row["collector"]) for row in rows]
-    print(f"invariants by relation (traincheck-infer on {INVARIANT_STEPS}-step runs; tc-rewrite at default settings)")
-    print(f"{'relation':<32}" + "".join(f"{w + ' ' + ('ours' if c == 'tc-rewrite' else 'tc'):>11}" for w, c in columns))
+    short = {"tc-rewrite": "ours", "traincheck-collect": "tc", "traincheck-collect without set-up": "tc no-setup"}
+    print(f"invariants by relation (traincheck-infer on {INVARIANT_STEPS}-step runs; tc-rewrite at default settings;")
+    print("tc no-setup: TrainCheck's without its set-up invariants, scripts/setup_invariants.py)")
+    print(f"{'relation':<32}" + "".join(f"{w + ' ' + short[c]:>17}" for w, c in columns))
     for relation in [*relations, "total"]:
         cells = [sum(row["relations"].values()) if relation == "total" else row["relations"].get(relation, 0) for row in rows]
-        print(f"{relation:<32}" + "".join(f"{cell:>11}" for cell in cells))
+        print(f"{relation:<32}" + "".join(f"{cell:>17}" for cell in cells))
 
 
 def rewrite_benchmarks() -> list[tuple[str, float, str]]:

@@ -134,14 +134,14 @@ def test_all_three_invocation_forms_and_override_order(project: Path, tmp_path: 
 @pytest.mark.parametrize(
     "config,flags,libraries",
     [
-        ("pyscript: train.py\n", [], ["torch.nn.modules", "torch.nn.utils"]),  # the default
+        ("pyscript: train.py\n", [], ["torch.nn.modules", "torch.nn.utils", "torch.nn.init"]),  # the default
         ("pyscript: train.py\nrewrite_libraries: []\n", [], []),
         ("pyscript: train.py\n", ["--no-rewrite-libraries"], []),
         ("pyscript: train.py\nrewrite_libraries: [torch.optim]\n", [], ["torch.optim"]),  # naming the key replaces it
         ("pyscript: train.py\nrewrite_libraries: [torch.optim]\n", ["--no-rewrite-libraries"], []),
     ],
 )
-def test_library_depth_defaults_to_torch_nn_modules_and_utils(project: Path, config: str, flags: list[str], libraries: list[str]):
+def test_library_depth_defaults_to_torch_nn_modules_utils_and_init(project: Path, config: str, flags: list[str], libraries: list[str]):
     (project / "cfg.yaml").write_text(config)
     proc = tc(["cfg.yaml", "--only-instr", "--output-dir", "out", *flags], project)
     assert proc.returncode == 0, proc.stderr
@@ -152,7 +152,7 @@ def test_library_depth_defaults_to_torch_nn_modules_and_utils(project: Path, con
 def test_a_program_that_cannot_import_torch_gets_no_default_depth(project: Path, monkeypatch):
     from traincheck_rewrite.config import default_libraries
 
-    assert default_libraries(str(project)) == ("torch.nn.modules", "torch.nn.utils")
+    assert default_libraries(str(project)) == ("torch.nn.modules", "torch.nn.utils", "torch.nn.init")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "torch").is_dir()])
     assert default_libraries(str(project)) == ()
 

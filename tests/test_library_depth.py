@@ -20,6 +20,7 @@ DEPTH = ["--rewrite-libraries", "torch.optim", "--rewrite-libraries", "torch.nn.
          "--rewrite-libraries", "torch.nn.functional"]  # fmt: skip
 TORCH_ROOT = Path(importlib.util.find_spec("torch").submodule_search_locations[0]).parent
 STEP = "torch.optim.sgd.SGD.step"
+PARAMETERS = {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
 MODEL_CALL = "torch.nn.modules.container.Sequential.forward"
 
 
@@ -80,11 +81,7 @@ def test_optimizer_step_window_holds_its_tensor_updates_and_the_parameter_change
         updates = [r for r in inner if r["function"].startswith("torch._foreach_") or r["function"] == "torch.Tensor.add_"]
         assert updates, sorted({r["function"] for r in inner})
         changed = {r["var_name"] for r in window(mlp_records, step, "state_change")}
-        assert changed == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
-        adds = [c for c in calls(mlp_records).values()
-                if c[0]["function"] == "torch.Tensor.add_" and step[0]["time"] < c[0]["time"] < step[1]["time"]]  # fmt: skip
-        changed_by_add = {r["var_name"] for add in adds for r in window(mlp_records, add, "state_change")}
-        assert changed_by_add == changed  # each change is attributed to the in-place update that made it
+        assert changed == PARAMETERS
         for r in inner:  # each inner call's parents lead to the user's step call
             parent = r["parent_id"]
             while parent is not None and parent != step[0]["func_call_id"]:
@@ -92,6 +89,42 @@ def test_optimizer_step_window_holds_its_tensor_updates_and_the_parameter_change
             assert parent == step[0]["func_call_id"], r
         for r in updates:
             assert r["site"].startswith("torch/optim/") and "_(" in library_line(r["site"]), r["site"]
+
+
+def in_place_updates(records: list[dict], step: tuple[dict, dict]) -> list[tuple[dict, dict]]:
+    """The `Tensor.add_` calls made inside an optimizer step's window (SGD's update of each parameter)."""
+    return [c for c in calls(records).values()
+            if c[0]["function"] == "torch.Tensor.add_" and step[0]["time"] < c[0]["time"] < step[1]["time"]]  # fmt: skip
+
+
+def test_with_torch_optim_rewritten_each_parameter_change_of_a_step_is_recorded_once_in_the_optimizers_public_call(tmp_path, cache_dir):
+    """With torch.optim depth (and track_inner_updates off, its default): the step's in-place updates are logged, but
+    a change is recorded by the check of the optimizer's public call that encloses it (the engine never takes a tensor
+    method or a private function as a containing call), once per parameter and step, not around each update."""
+    result = run_tc([str(FIXTURES / "mlp" / "config.yaml"), "--rewrite-libraries", "torch.nn.modules", "--rewrite-libraries",
+                     "torch.optim"], tmp_path / "out", cwd=FIXTURES / "mlp", env_extra={"TC_REWRITE_CACHE_DIR": str(cache_dir)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = list(read_records(result.run_dir))
+    steps = user_calls(records, STEP)
+    assert len(steps) == 20
+    for step in steps:
+        changes = window(records, step, "state_change")
+        assert sorted(r["var_name"] for r in changes) == sorted(PARAMETERS)  # each parameter once
+        assert {r["dump_loc"] for r in changes} == {"torch.optim.sgd.sgd"}  # the public function inside SGD.step
+        updates = in_place_updates(records, step)
+        assert updates  # the updates themselves are still logged
+        assert [r for add in updates for r in window(records, add, "state_change")] == []
+
+
+def test_with_track_inner_updates_each_change_is_attributed_to_the_in_place_update_that_made_it(tmp_path, cache_dir):
+    records = list(read_records(depth_run("mlp", tmp_path, cache_dir, ("--track-inner-updates",)).run_dir))
+    steps = user_calls(records, STEP)
+    assert len(steps) == 20
+    for step in steps:
+        changed = {r["var_name"] for r in window(records, step, "state_change")}
+        assert changed == PARAMETERS
+        changed_by_add = {r["var_name"] for add in in_place_updates(records, step) for r in window(records, add, "state_change")}
+        assert changed_by_add == changed
 
 
 def test_model_call_window_holds_each_forward_and_its_functional_calls(mlp_records):

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from traincheck_rewrite.rewrite import RewriteError, SiteTable, rewrite_library, rewrite_source
+from traincheck_rewrite.rewrite.names import collect_names
 from traincheck_rewrite.rewrite.bootstrap import MARKER
 
 BOOT = f"import traincheck_rewrite.runtime.boot as _tc_boot; {MARKER}"
@@ -364,7 +365,9 @@ def test_library_rewrite_leaves_what_calls_py_leaves():
 
 @pytest.mark.parametrize("module", ["torch/optim/adam.py", "torch/amp/grad_scaler.py", "torch/nn/modules/module.py"])
 def test_library_rewrite_wraps_the_sites_the_libcst_rewrite_wraps(module):
-    """The same call sites as the program's files get (outside f-strings, which library sites cannot enter)."""
+    """The same call sites as the program's files get (outside f-strings, which library sites cannot enter), and the
+    calls of the module's own functions and classes, which are APIs in a library module and the program's own in a
+    program's file."""
     import importlib.util
     import re
     from pathlib import Path
@@ -380,7 +383,49 @@ def test_library_rewrite_wraps_the_sites_the_libcst_rewrite_wraps(module):
     expected = {(s["line"], s["col"]) for s in sites.to_json().values()}
     expected = {(line, col) for line, col in expected
                 if (line, len(lines[line - 1].decode()[:col].encode())) not in in_fstrings}  # fmt: skip
+    facts = collect_names(tree, ("torch",))
+    top_level = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.decorator_list}
+    own = {(n.lineno, len(lines[n.lineno - 1][: n.col_offset].decode())) for n in ast.walk(tree)
+           if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in top_level
+           and facts.skippable_name(n.func.id) and (n.lineno, n.col_offset) not in in_fstrings}  # fmt: skip
     out = rewrite_library(source, str(path), module, ("torch",), loops=False)
     found = {(int(m[1]), int(m[2])) for m in re.finditer(rb'_tc_\("[^"]+:(\d+):(\d+)"', out)}
-    assert found == expected
+    assert found == expected | own
     assert len(found) > 50
+
+
+def test_first_iterations_hook_a_loops_calls_only_in_its_first_iteration():
+    """An optimizer's per-parameter loop: later iterations call the callee as written (one test of a local), the
+    loop's iterable and else clause and the calls in a nested scope are hooked as usual."""
+    src = textwrap.dedent(
+        """\
+        import torch
+        def step(params):
+            for p in params:
+                torch.is_complex(p)
+                [torch.ones(1) for _ in params]
+            else:
+                torch.zeros(1)
+        """
+    ).encode()
+    out = rewrite_library(src, "/site/torch/optim/m.py", "torch/optim/m.py", ("torch",), False, first_iterations=True).decode()
+    lines = out.splitlines()
+    assert lines[2] == "    for _tc_i1, (p) in enumerate(params):"
+    assert lines[3] == '        (torch.is_complex if _tc_i1 else _tc_("torch/optim/m.py:4:8", torch.is_complex))(p)'
+    assert lines[4] == '        [_tc_("torch/optim/m.py:5:9", torch.ones)(1) for _ in params]'
+    assert lines[6] == '        _tc_("torch/optim/m.py:7:8", torch.zeros)(1)'
+    calls = []
+    namespace = {"_tc_": lambda site, f: calls.append(site) or f}
+    exec(compile(out, "m", "exec"), namespace)
+    namespace["step"]([namespace["torch"].ones(1)] * 3)
+    assert calls.count("torch/optim/m.py:4:8") == 1 and calls.count("torch/optim/m.py:5:9") == 9
+
+
+def test_a_library_modules_own_functions_are_apis_when_the_module_is_instrumented():
+    """`torch.nn.init.kaiming_uniform_` calls `_calculate_correct_fan` and `calculate_gain`, defined beside it: APIs
+    TrainCheck's engine learns from. A module outside the instrumented packages keeps them unwrapped."""
+    src = b"import math\ndef gain(x):\n    return math.sqrt(x)\ndef init_(t):\n    return gain(2)\n"
+    out = rewrite_library(src, "/site/torch/nn/init.py", "torch/nn/init.py", ("torch",), loops=False)
+    assert b'return _tc_("torch/nn/init.py:5:11", gain)(2)' in out
+    assert b"return math.sqrt(x)" in out  # the standard library stays unwrapped
+    assert b"return gain(2)" in rewrite_library(src, "/site/mylib/init.py", "mylib/init.py", ("torch",), loops=False)

@@ -54,6 +54,7 @@ class Config:
     rewrite_libraries: tuple[str, ...] = ()  # load_config puts DEFAULT_LIBRARIES here when the key is not given
     rewrite_frameworks: bool = True
     log_import_time_calls: bool = False
+    track_inner_updates: bool = False  # a state check around every in-place update inside a library call (tracking.py)
     plain_traces: bool = True
     check: bool = False  # TrainCheck's online checker on the run as it trains (checking.py)
     checker: Path | None = None  # where that checker is (a virtualenv, or its traincheck-onlinecheck)
@@ -65,8 +66,10 @@ class Config:
 # Library depth when a config names none: the modules' own calls (`Linear.forward` -> `F.linear`, `BatchNorm2d.forward`
 # -> `F.batch_norm`, `Module.train` -> each submodule's) are what the engine's contain relations learn most from, for
 # about 0.05-0.1x of the plain run (docs/library-depth.md, measured with each bench workload); torch.nn.utils for what
-# runs inside spectral/weight norm's hooks, parametrizations and clip_grad_norm_, which training code calls each step.
-DEFAULT_LIBRARIES = ("torch.nn.modules", "torch.nn.utils")
+# runs inside spectral/weight norm's hooks, parametrizations and clip_grad_norm_, which training code calls each step;
+# torch.nn.init for the initialisers' inner calls (the output relations' facts), at set-up only. torch.optim's step
+# from inside is not in the default for its cost on the MLP and the LM (docs/library-depth.md).
+DEFAULT_LIBRARIES = ("torch.nn.modules", "torch.nn.utils", "torch.nn.init")
 KEYS = tuple(f.name for f in fields(Config) if f.name not in ("config_path", "notes"))
 _PATH_KEYS = {"pyscript", "shscript", "output_dir", "checker"}
 # Switches of traincheck-collect 0.2.0 that tune how it patches torch; accepted (flag and key), and what we do instead.
@@ -78,7 +81,7 @@ TRAINCHECK_SWITCHES = {
     "use_torch_compile": "torch.compile needs no switch: compiled code runs unlogged and tracked models stay tracked",
 }
 _BOOL_KEYS = {"copy_all_files", "only_instr", "API_dump_stack_trace", "use_full_instr", "debug_mode", "log_import_time_calls",
-              "plain_traces", "rewrite_frameworks", "check", *TRAINCHECK_SWITCHES}
+              "track_inner_updates", "plain_traces", "rewrite_frameworks", "check", *TRAINCHECK_SWITCHES}
 _STR_LIST_KEYS = {"modules_to_instr", "models_to_track", "rewrite_libraries"}
 
 

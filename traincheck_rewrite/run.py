@@ -585,6 +585,7 @@ def collect(config: Config, *, summary: bool = False) -> int:
             "rewrite_libraries": list(config.rewrite_libraries),
             "rewrite_frameworks": config.rewrite_frameworks,
             "log_import_time_calls": config.log_import_time_calls,
+            "track_inner_updates": config.track_inner_updates,
         },
     }
     _write_json(run_dir / "run.json", info)

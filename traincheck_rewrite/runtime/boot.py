@@ -102,8 +102,9 @@ def _start(file: str | None) -> None:
         from . import libraries
 
         libraries.install(
-            tuple(settings.get("rewrite_libraries", ())), modules, bool(settings.get("log_import_time_calls")), frameworks
-        )
+            tuple(settings.get("rewrite_libraries", ())), modules, bool(settings.get("log_import_time_calls")), frameworks,
+            bool(settings.get("track_inner_updates")),
+        )  # fmt: skip
     optimizer_hooks.install()  # after the library finder: its after-import watch must come first on sys.meta_path
     loader_meta.install()
     dynamo.install()

@@ -68,6 +68,10 @@ FRAMEWORKS = (
         )
     ),
 )
+# Modules whose loops log their calls in the first iteration only (unless `track_inner_updates`): an optimizer's
+# per-parameter loops make the same calls for every parameter, which teach the engine nothing more than the first
+# parameter's and cost a logged call each; the parameters they change are recorded by the optimizer's public calls.
+FIRST_ITERATIONS = ("torch.optim",)
 _import_lock = threading.Lock()
 
 
@@ -150,18 +154,23 @@ class _ImportTimeLoader(SourceFileLoader):
 class _RewritingLoader(_ImportTimeLoader):
     """Loads the rewritten code of a library module (from the cache, or rewritten now and cached)."""
 
-    def __init__(self, fullname: str, path: str, label: str, modules: tuple[str, ...], quiet_import: bool, loops: bool) -> None:
+    def __init__(
+        self, fullname: str, path: str, label: str, modules: tuple[str, ...], quiet_import: bool, loops: bool,
+        first_iterations: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(fullname, path)
         self.label = label  # the site prefix: "torch/optim/sgd.py"
         self.modules = modules
         self.quiet_import = quiet_import
         self.loops = loops
+        self.first_iterations = first_iterations
         self.hook = hook_name(b"")  # what the rewritten code calls the hook: set by get_code from the source
 
     def get_code(self, fullname: str):
         source = self.get_data(self.path)
         self.hook = hook_name(source)
-        key = codecache.entry_key(source, self.path, (self.label, *self.modules, "loops" if self.loops else ""))
+        options = ("loops" if self.loops else "", "first iterations" if self.first_iterations else "")
+        key = codecache.entry_key(source, self.path, (self.label, *self.modules, *options))
         code = codecache.load(key)
         if code is not None:
             return code
@@ -170,7 +179,8 @@ class _RewritingLoader(_ImportTimeLoader):
         from ..rewrite import rewrite_library
 
         try:
-            code = compile(rewrite_library(source, self.path, self.label, self.modules, self.loops), self.path, "exec", dont_inherit=True)
+            rewritten = rewrite_library(source, self.path, self.label, self.modules, self.loops, self.first_iterations)
+            code = compile(rewritten, self.path, "exec", dont_inherit=True)
         except Exception as exc:  # RewriteError, or a bug of ours: the program runs the module as installed
             warn_once(f"rewrite_libraries: {fullname} is not rewritten ({type(exc).__name__}: {exc})")
             return super().get_code(fullname)
@@ -205,9 +215,11 @@ class LibraryFinder:
     """Claims the library modules to rewrite and, for quiet import time, their parent packages."""
 
     def __init__(
-        self, libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool, frameworks: bool
-    ) -> None:
+        self, libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool, frameworks: bool,
+        track_inner_updates: bool = False,
+    ) -> None:  # fmt: skip
         self.libraries = libraries
+        self.first_iterations = () if track_inner_updates else FIRST_ITERATIONS
         self.frameworks = frameworks
         self.modules = modules
         self.quiet_import = not log_import_time_calls
@@ -225,15 +237,17 @@ class LibraryFinder:
         if rewrite:
             package = spec.submodule_search_locations is not None
             label = fullname.replace(".", "/") + ("/__init__.py" if package else ".py")
-            spec.loader = _RewritingLoader(fullname, spec.origin, label, self.modules, self.quiet_import, bool(loops))
+            first = not loops and covered(fullname, self.first_iterations)
+            spec.loader = _RewritingLoader(fullname, spec.origin, label, self.modules, self.quiet_import, bool(loops), first)
         else:
             spec.loader = _ImportTimeLoader(fullname, spec.origin)
         return spec
 
 
 def install(
-    libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool = False, frameworks: bool = True
-) -> None:
+    libraries: tuple[str, ...], modules: tuple[str, ...], log_import_time_calls: bool = False, frameworks: bool = True,
+    track_inner_updates: bool = False,
+) -> None:  # fmt: skip
     """Put the finder first on `sys.meta_path` (once); warn about named modules that are already imported."""
     if any(isinstance(f, LibraryFinder) for f in sys.meta_path):
         return
@@ -244,4 +258,4 @@ def install(
             f"rewrite_libraries: {named} ({len(early)} modules) were imported before tracing started and are not "
             "rewritten (the instrumented script must import them itself)"
         )
-    sys.meta_path.insert(0, LibraryFinder(libraries, modules, log_import_time_calls, frameworks))
+    sys.meta_path.insert(0, LibraryFinder(libraries, modules, log_import_time_calls, frameworks, track_inner_updates))

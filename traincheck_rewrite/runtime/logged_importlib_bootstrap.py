@@ -28,7 +28,7 @@ from types import MethodType
 
 from . import meta
 from .encode import EXC, POST, PRE
-from .lookup import BOUND, FORWARD, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
+from .lookup import BOUND, CONTAINED_ONLY, FORWARD, INNER, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
 from .values import _tensor_types, encoded, encoded_return, number, type_name
 from .warn import warn_once
 from .writer import BATCH
@@ -67,13 +67,43 @@ def hook(site, fn):
     if found is None:
         return fn
     info = found[0]
-    if not (info[LOGGED] or info[ROLE]):
+    if info[CONTAINED_ONLY] and type(site) is str and not state.track_inner_updates:
+        thread = state.local.thread
+        if thread is not None and (thread.checking or not info[MUTATES]):
+            if _repeated(thread, info[NAME]):
+                info = _NUMBERED
+            elif info[INNER] is not None:  # inside a call that checks: its check records this call's changes
+                info = info[INNER]
+    if info is _NUMBERED or not (info[LOGGED] or info[ROLE]):
         if _c_call is not None:
             return _c_call(site, fn, None, found[1])
         return MethodType(numbered, (fn, found[1]))
     if _c_call is not None:
         return _c_call(site, fn, info, found[1])
     return MethodType(logged, (site, fn, info, found[1]))
+
+
+_NUMBERED = ()  # hook's choice for a repeated call: numbered, not logged
+
+
+def _repeated(thread, name: str) -> bool:
+    """Whether the open call (inside a library) already made a logged call of `name`, which TrainCheck's engine takes
+    only as a contained call ("Adam.step always calls Tensor.mul_"): for that the first call in each containing call
+    is all it reads, so a repeat (the per-parameter calls of a single-tensor optimizer) is numbered, not logged."""
+    stack = thread.stack
+    if not stack:
+        return False
+    seen = thread.repeats
+    parent = stack[-1][1]
+    names = seen.get(parent)
+    if names is None:
+        if len(seen) > 64:  # open calls are few; the closed ones' sets go
+            seen.clear()
+        names = seen[parent] = set()
+    elif name in names:
+        return True
+    names.add(name)
+    return False
 
 
 def numbered(ctx, *args, **kwargs):
@@ -203,6 +233,7 @@ def general_begin(s, site, fn, info, owner, args, kwargs):
     if skip:
         _number(owner, *args, *kwargs.values())
         thread.unrecorded += 1
+        thread.checking += check
         return (None, s, thread, role, check and info)
     local.quiet = True
     try:
@@ -228,6 +259,7 @@ def general_begin(s, site, fn, info, owner, args, kwargs):
         recorder_error(exc)
         return None
     stack.append(pre)
+    thread.checking += check
     local.quiet = outer_quiet
     return (s, thread, n, info, parent, restage, check)
 
@@ -237,6 +269,7 @@ def general_end(token: tuple, result, exc: BaseException | None) -> None:
     if token[0] is None:  # no API records: skipped by sampling, or not selected
         _, s, thread, role, checked_info = token
         thread.unrecorded -= 1
+        thread.checking -= bool(checked_info)
         unrecorded_after(s, role, checked_info)
         if exc is None:
             _number(result)
@@ -290,6 +323,7 @@ def after_call(s, thread, n: int, info: tuple, parent, restage: bool, check: boo
     """State records of what the call changed (inside its window), the post or exception record, the role's end."""
     local = s.local
     outer_quiet, local.quiet = local.quiet, True
+    thread.checking -= check
     try:
         name, role = info[NAME], info[ROLE]
         state_inside(s, check, info)

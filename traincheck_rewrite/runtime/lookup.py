@@ -13,14 +13,14 @@ from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 
 import orjson
 
-from .tracking import mutates
+from .tracking import contains_for_engine, mutates
 from .values import type_name
 
 # Definitions reached through a C base class are named after the class users know.
 _CLASS_ALIASES = {"torch._C.TensorBase": "torch.Tensor"}
 
 # What an info tuple holds, by index.
-NAME, BOUND, MUTATES, ROLE, RESTAGE, LOGGED, DUMP_ARGS, NAME_JSON, BOUND_JSON, PLAIN, FORWARD = range(11)
+NAME, BOUND, MUTATES, ROLE, RESTAGE, LOGGED, DUMP_ARGS, NAME_JSON, BOUND_JSON, PLAIN, FORWARD, INNER, CONTAINED_ONLY = range(13)
 
 # Optimizer steps are not told by name: torch's step hooks report every one (optimizer_hooks.py).
 ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER = 2, 3, 4, 5
@@ -70,8 +70,10 @@ def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
     """The info tuple (see the indexes above): function name, is_bound_method, can change model state, role for
     steps/stage, can change the stage by itself (the post record then looks again), gets records, records its
     arguments, the name and is_bound_method as JSON, whether the call takes the plain path (no role, no state check,
-    no stage change, records with arguments), and whether it is a module's call (`model(x)`). None for what is no
-    API. Under `--invariants` an API no invariant names has `logged` False: with no role either, the hook only
+    no stage change, records with arguments), whether it is a module's call (`model(x)`), and for a call that
+    changes state but that TrainCheck's engine never takes as a containing call (an in-place tensor method, a private
+    function) the same info without the state check, which it has inside a call that checks (`hook`), and whether
+    the engine takes it only as a contained call (its name is in the engine's skip list). None for what is no API. Under `--invariants` an API no invariant names has `logged` False: with no role either, the hook only
     numbers its tensors (`numbered`)."""
     if name in _MODULE_CALL_STEPS or "<locals>" in name:
         return None  # a closure made inside a library function is no API (nothing TrainCheck's collector can patch)
@@ -87,8 +89,13 @@ def _info(name: str, bound: bool, forward: bool = False) -> tuple | None:
     changes_state = forward or mutates(name)
     restage = bool(role) or name.endswith(_STAGE_CHANGERS)
     plain = not (role or changes_state or restage) and logged and dump_args
-    return (name, bound, changes_state, role, restage, logged, dump_args, orjson.dumps(name).decode(),
-            "true" if bound else "false", plain, forward)  # fmt: skip
+    common = (name, bound, changes_state, role, restage, logged, dump_args, orjson.dumps(name).decode(),
+              "true" if bound else "false", plain, forward)  # fmt: skip
+    inner = None
+    if changes_state and not forward and not contains_for_engine(name):
+        # inside a logged call a stage change is not looked for either (it has the stage of the call it runs in)
+        inner = (*common[:MUTATES], False, *common[MUTATES + 1 : PLAIN], not role and logged and dump_args, forward, None, True)
+    return (*common, inner, not forward and not contains_for_engine(name))
 
 
 def _class_path(cls: type) -> str:

@@ -66,6 +66,7 @@ def _before_step(optimizer, args, kwargs) -> None:
         state.steps.compiled_step = True
         return
     try:
+        state.checked_in_step.clear()
         state.steps.optimizer_step()
     except Exception as exc:
         calls.recorder_error(exc)

@@ -35,11 +35,13 @@ class _Thread:
     """One thread's writers, open calls and records waiting to be written (plain attributes: cheaper than
     thread-local ones)."""
 
-    __slots__ = ("writer", "var_writer", "stack", "tid", "records", "unrecorded")
+    __slots__ = ("writer", "var_writer", "stack", "tid", "records", "unrecorded", "checking", "repeats")
 
     def __init__(self, writer: TraceWriter, tid: int) -> None:
         self.writer, self.var_writer, self.stack, self.tid, self.records = writer, None, [], tid, writer.records
         self.unrecorded = 0  # logged calls open without records (skipped by sampling or not selected)
+        self.checking = 0  # logged calls open that check tracked state after they run
+        self.repeats: dict = {}  # open call's number -> names of the calls it made that are logged once (hook)
 
 
 class _State:
@@ -54,6 +56,8 @@ class _State:
         select = settings.get("select")
         self.select: dict | None = select["functions"] if select else None  # API name -> record its arguments
         self.track_state = not select or select["variables"]
+        self.track_inner_updates = bool(settings.get("track_inner_updates"))  # else see tracking.contains_for_engine
+        self.checked_in_step: set = set()  # tracked names written after a call since this optimizer step began
         self.tracker: Tracker | None = None  # made by the first track() call
         self.steps = Steps()
         self.steps.on_step = _flush_this_thread
@@ -100,6 +104,8 @@ class _State:
         if thread.var_writer is None:
             thread.var_writer = self.new_writer("VAR", thread.tid)
         thread.var_writer.records.append((DICT, None, time.monotonic_ns(), meta.current, record))
+        if not record["dump_loc"].startswith("before "):
+            self.checked_in_step.add(record["var_name"])
 
     def flush_thread(self, thread: _Thread) -> None:
         _flush(self, thread.writer)
@@ -402,8 +408,11 @@ def after_optimizer_step(name: str, optimizer) -> None:
         if tracker is not None and (state.sampling is None or calls.sampled(state)):
             if tracker.sampler:
                 tracker.snapshot(name, state.emit_state)
-            else:
-                tracker.check_stepped(name, state.emit_state, (p for group in optimizer.param_groups for p in group["params"]))
+            else:  # a parameter written by a check inside the step (`adam.adam`'s) has its hash of now: not hashed again
+                written, names = state.checked_in_step, tracker.names_by_id
+                params = (p for group in optimizer.param_groups for p in group["params"]
+                          if names.get(id(p), ("",))[0] not in written)  # fmt: skip
+                tracker.check_stepped(name, state.emit_state, params)
         state.steps.optimizer_step_done()
     except Exception as exc:
         recorder_error(exc)

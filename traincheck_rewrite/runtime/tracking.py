@@ -331,6 +331,29 @@ _MODULE_MUTATORS = frozenset(
 )
 
 
+# TrainCheck 0.2.0's engine never takes a call as the containing call of a relation when its name holds one of these
+# (traincheck/config/config.py, ANALYSIS_SKIP_FUNC_NAMES): "._" leaves out every private function.
+_ENGINE_SKIPS = (
+    "cuda.is_available", "torch.get_default_dtype", "torch._VariableFunctionsClass", "torch.nn.modules.module.Module",
+    "torch.cuda._is_compiled", "torch.is_grad_enabled", "torch._ops.OpOverload", "torch.utils.data._utils",
+    "torch.distributed.utils._to_kwargs", "torch.distributed.utils._recursive_to", "torch.nn._reduction",
+    "torch.nn.parallel.scatter_gather._is_namedtuple", "torch.nn.functional", "torch._tensor.Tensor.backward",
+    "torch.autograd", "torch.optim.optimizer.Optimizer._optimizer_step_code", "torch.optim.optimizer._get_value",
+    "torch.overrides", "._", "<locals>",
+)
+
+
+def contains_for_engine(name: str) -> bool:
+    """Whether TrainCheck's engine can take a call of `name` as the containing call of a relation ("A changes X"):
+    not a tensor method or a C function of `torch` (exported as `torch._C.TensorBase.*` and
+    `torch._VariableFunctionsClass.*`), not a private function, nothing else its skip list names. A changing call
+    it cannot take gets no state check of its own inside one that checks: the changes it makes are recorded by the
+    enclosing call's check, inside its window (unless `track_inner_updates`)."""
+    if name.startswith("torch.Tensor.") or name.count(".") == 1:
+        return False
+    return not any(skip in name for skip in _ENGINE_SKIPS)
+
+
 def mutates(name: str) -> bool:
     """Whether a logged function can change model state (checked around its calls)."""
     if name.startswith(("torch.optim.", "torch.nn.utils.", "torch.nn.init.", "torch.autograd.")):

@@ -295,7 +295,18 @@ def encoded(v) -> str:
     if _tensor_type is not None and isinstance(v, _tensor_type):
         _tensor_types.add(type(v))
         return _tensor_encoded(v)
+    if t is list or t is tuple:
+        return _sequence_encoded(v, t)
     return _json(envelope(v))
+
+
+def _sequence_encoded(v, t: type) -> str:
+    """`{"list": _sequence(v)}` as JSON text, from its items' text: an optimizer's inner calls take lists of every
+    parameter, grad and state, whose tensors' shared text is then looked up instead of built as dicts."""
+    items = [encoded(x) for x in v[:MAX_ITEMS]]
+    if len(v) > MAX_ITEMS:
+        items.append(f'{{"...":{len(v) - MAX_ITEMS}}}')
+    return f'{{"{t.__name__}":[{",".join(items)}]}}'
 
 
 def number(v) -> None:
