@@ -19,7 +19,8 @@ the engine reads). The engine is the
 one of scripts/traincheck_venv.sh (traincheck==0.2.0). Prints a Markdown table (and writes it to `--out`).
 A violation on the buggy run counts as a detection only at or after the step where the bug begins (the
 `BUG_STEP` constant of the program); violations before it are false alarms too. A lead violation is dated by the
-call at which it is seen, not the earlier call the engine reports (see `_date_lead_violations`).
+call at which it is seen, not the earlier call the engine reports, and a consistency violation by the later of its
+two records (see `_date_violations`).
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def check(engine: Path, traces: Path, invariants: Path, out: Path) -> list[dict]
     if proc.returncode != 0 or len(summaries) != 1:
         raise RuntimeError(f"traincheck-check failed: {_tail(proc)}")
     violations = json.loads(summaries[0].read_text())["violations"]
-    _date_lead_violations(violations, summaries[0].parent / "failed.log", traces)
+    _date_violations(violations, summaries[0].parent / "failed.log", traces)
     return violations
 
 
@@ -252,15 +253,22 @@ def _failed_results(path: Path) -> list[dict]:
         results.append(result)
 
 
-def _date_lead_violations(violations: list[dict], failed_log: Path, traces: Path) -> None:
+def _date_violations(violations: list[dict], failed_log: Path, traces: Path) -> None:
     """A lead violation ("A always precedes B") is found at a call of B with no A since B's previous call, but
     traincheck 0.2.0 reports that previous call (`invariant/lead_relation.py`, the `trace=[pre_event_A]` of its
     checker): the bug's first step shows up as the step before it. Each lead violation gets `witness_step`, the step
-    of the next call of the reported function on the same thread: the call at which the violation is seen."""
+    of the next call of the reported function on the same thread: the call at which the violation is seen. A
+    consistency violation pairs two values, each reported by its last record: it is seen at the later one (a value
+    one rank held since set-up against the other rank's value of step 6 is seen at step 6, not at step 0)."""
     results = _failed_results(failed_log) if failed_log.exists() else []
     if len(results) != len(violations):
         return
     for violation, result in zip(violations, results):
+        if violation.get("relation_type") == "ConsistencyRelation":
+            steps = [r.get("meta_vars.step") for r in result.get("trace") or [] if isinstance(r, dict)]
+            if steps and all(isinstance(step, int) for step in steps):
+                violation["witness_step"] = max(steps)
+            continue
         reported = (result.get("trace") or [None])[0]
         if violation.get("relation_type") != "FunctionLeadRelation" or not isinstance(reported, dict):
             continue

@@ -130,10 +130,12 @@ def test_pre_and_post_records_follow_the_schema(runs):
     assert tensor["shape"] == [64, 3] and tensor["dtype"] == "torch.float32" and tensor["requires_grad"] is True
     post = next(r for r in records if r["type"] == "function_call (post)" and r["func_call_id"] == call["func_call_id"])
     assert post["return_values"]["torch.FloatTensor"]["shape"] == []
-    # the calls torch.nn.modules makes (library depth by default) are nested in the program's; the program's are not
+    # the calls the default libraries make (torch.nn.modules, torch.nn.utils, torch.nn.init) are nested in the
+    # program's; the program's are not
     by_id = {r["func_call_id"]: r for r in records if r["type"] == "function_call (pre)"}
     inner = [r for r in by_id.values() if r["parent_id"] is not None]
-    assert inner and all(isinstance(r["site"], str) and r["site"].startswith("torch/nn/modules/") for r in inner)
+    default_libraries = ("torch/nn/modules/", "torch/nn/utils/", "torch/nn/init.py")
+    assert inner and all(isinstance(r["site"], str) and r["site"].startswith(default_libraries) for r in inner)
     assert {by_id[r["parent_id"]]["function"] for r in inner if r["function"] == "torch._C._nn.linear"} == {
         "torch.nn.modules.linear.Linear.forward"
     }

@@ -63,7 +63,8 @@ def _with_spill(trace: Path, spill: Path, recovered: list[bytes]) -> Iterator[by
 
 
 def seal(run_dir: str | Path) -> dict:
-    """Rewrite torn trace files and fold spill files into them; returns counts of what was done."""
+    """Rewrite torn trace files and fold spill files into them; returns counts of what was done (`unsealed_files`:
+    those that could not be rewritten and stay as the reader can read them)."""
     folder = trace_folder(run_dir)
     done = {"sealed_files": 0, "recovered_records": 0}
     if not folder.is_dir():
@@ -71,22 +72,38 @@ def seal(run_dir: str | Path) -> dict:
     for spill in sorted(folder.glob("spill_*.jsonl")):
         trace = folder / ("trace_" + spill.name[len("spill_") : -len(".jsonl")] + ".log.zst")
         recovered: list[bytes] = []
-        _rewrite(trace, _with_spill(trace, spill, recovered))
+        if not _rewrite(trace, _with_spill(trace, spill, recovered)):
+            done["unsealed_files"] = done.get("unsealed_files", 0) + 1
+            continue
         spill.unlink()
         done["sealed_files"] += 1
         done["recovered_records"] += len(recovered)
     for trace in sorted(folder.glob("trace_*.log.zst")):
         if not _spill_for(trace).exists() and _is_torn(trace):
-            _rewrite(trace, _complete_lines(trace))
-            done["sealed_files"] += 1
+            if _rewrite(trace, _complete_lines(trace)):
+                done["sealed_files"] += 1
+            else:
+                done["unsealed_files"] = done.get("unsealed_files", 0) + 1
     for marker in folder.glob(".held_trace_*"):  # left by a writer killed while holding (runtime/writer.py)
         marker.unlink()
     return done
 
 
-def _rewrite(trace: Path, pieces: Iterable[bytes]) -> None:
-    """Write `pieces` (whole lines) as frames of about FRAME_BYTES cut at line ends, then replace `trace`."""
+def _rewrite(trace: Path, pieces: Iterable[bytes]) -> bool:
+    """Write `pieces` (whole lines) as frames of about FRAME_BYTES cut at line ends, then replace `trace`. False when
+    it cannot be written (a full disk, a file size limit): `trace` and its spill stay as they were, which the reader
+    reads as well (up to the tear, the spill's records after it)."""
     tmp = trace.with_name(trace.name + ".tmp")
+    try:
+        _write_frames(tmp, pieces)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    os.replace(tmp, trace)
+    return True
+
+
+def _write_frames(tmp: Path, pieces: Iterable[bytes]) -> None:
     compressor = zstandard.ZstdCompressor(level=1)
     with open(tmp, "wb") as f:
         buf = b""
@@ -98,4 +115,3 @@ def _rewrite(trace: Path, pieces: Iterable[bytes]) -> None:
                 buf = buf[cut:]
         if buf:
             f.write(compressor.compress(buf))
-    os.replace(tmp, trace)
