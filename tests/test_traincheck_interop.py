@@ -156,12 +156,18 @@ COLLECTOR_DIFFERENCES = {
     ("ours", "Sequential.forward() always calls ReLU.forward()"): "TrainCheck writes module arguments as {}",
     ("ours", "SGD.step() changes Parameter.data: non-zero --> non-zero"):
         "TrainCheck's proxy log loses its last records: the last step's update is not in its trace",
+    ("ours", "sgd.sgd() changes Parameter.data: non-zero --> non-zero"): "the same: the last step's update is lost",
     ("ours", "SGD.step() always calls Optimizer._optimizer_step_code()"):
         "TrainCheck's SGD.step record is the inner of torch.optim's two wrappers; ours the outer, which calls it",
     ("theirs", "SGD.step() always calls sgd.sgd()"): "the same: its momentum_buffer_list argument is [None, ...]",
     ("theirs", "sgd.sgd() always calls sgd._single_tensor_sgd()"): "the same: momentum_buffer_list [None, ...]",
     ("theirs", "sgd.sgd() changes Parameter.grad: None --> non-zero"):
         "as SGD.step's: TrainCheck's proxy sees the gradient when the optimizer reads it",
+    ("theirs", "init.kaiming_uniform_() always calls torch.is_grad_enabled()"):
+        "torch.no_grad().__enter__ calls it, in torch.autograd.grad_mode, which is not rewritten (TrainCheck patches "
+        "torch.is_grad_enabled wherever it is called)",
+    ("theirs", "init.uniform_() always calls torch.is_grad_enabled()"): "the same: no_grad().__enter__",
+    ("theirs", "Linear.reset_parameters() always calls torch.is_grad_enabled()"): "the same: no_grad().__enter__",
 }
 DEPTH = ["--rewrite-libraries", "torch.optim", "torch.nn.modules", "torch.nn.init"]
 
