@@ -154,6 +154,25 @@ def test_seal_keeps_the_frames_after_a_damaged_one(traces: Path):
     assert got == list(range(10)) + list(range(20, 30)) and stats.truncated_files == []
 
 
+def test_seal_leaves_a_file_it_cannot_rewrite_as_the_reader_reads_it(traces: Path):
+    """A file size limit (or a full disk) stops the rewrite: the torn file stays byte for byte, nothing half-written
+    is left beside it, the run goes on, and the count says so."""
+    import subprocess
+    import sys
+
+    f1, f2, f3 = frame([rec(i) for i in range(10)]), frame([rec(i) for i in range(10, 20)]), frame([rec(i) for i in range(20, 30)])
+    torn = f1 + f2[: len(f2) // 2] + f3
+    (traces / "trace_API_1_2.log.zst").write_bytes(torn)
+    code = ("import json, resource, sys; from traincheck_rewrite.trace.recover import seal; "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); print(json.dumps(seal(sys.argv[1])))")
+    proc = subprocess.run([sys.executable, "-c", code, str(traces)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"sealed_files": 0, "recovered_records": 0, "unsealed_files": 1}
+    assert sorted(p.name for p in traces.iterdir()) == ["trace_API_1_2.log.zst"]
+    assert (traces / "trace_API_1_2.log.zst").read_bytes() == torn
+    assert [r["func_call_id"] for r in read_records(traces)] == list(range(10)) + list(range(20, 30))
+
+
 def test_seal_streams_a_trace_much_larger_than_what_it_holds_in_memory(traces: Path):
     import tracemalloc
 

@@ -153,6 +153,7 @@ def _identities(run_dir: Path) -> dict:
     """(step, var_name, dump_loc, n-th such record) -> (data_id, grad_id) of each state record."""
     out, seen = {}, {}
     for r in sorted((r for r in read_records(run_dir) if r["type"] == "state_change"), key=lambda r: r["time"]):
+        assert (r["attributes"]["grad"] is None) == (r["attributes"]["grad_id"] == 0)  # 0: no grad, never null
         key = (r["meta_vars"]["step"], r["var_name"], r["dump_loc"])
         seen[key] = seen.get(key, 0) + 1
         out[(*key, seen[key])] = (r["attributes"]["data_id"], r["attributes"]["grad_id"])
