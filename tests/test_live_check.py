@@ -167,3 +167,77 @@ def test_a_missing_engine_is_one_line_before_anything_runs(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "traincheck_rewrite", str(CONFIG), "--check"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "--invariants" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+FIRST_READ = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import onlinecheck_driver as driver
+from traincheck.onlinechecker import streamhandler_filesystem as handlers
+
+path = sys.argv[2]
+handlers.StreamLogHandler._save_initial_content = driver._initial_content
+handlers.StreamLogHandler.__init__ = driver._init_reading_on
+handle = handlers.StreamLogHandler._handle_line
+
+
+def handle_while_the_export_writes(self, lines):
+    handle(self, lines)
+    if not getattr(self, "appended", False):  # the live export appends the end mark while these lines are handled
+        self.appended = True
+        with open(path, "a") as f:
+            f.write(json.dumps({"time": 99, "end_of_trace": 1}) + "\\n")
+
+
+handlers.StreamLogHandler._handle_line = handle_while_the_export_writes
+data = driver._CheckerData((set(), set(), set()))
+handler = handlers.StreamLogHandler(path, data)
+driver._read_lines(handler)  # what the next modification event reads
+print(json.dumps([data.check_queue.get_nowait() for _ in range(data.check_queue.qsize())]))
+"""
+
+
+def test_the_checker_reads_what_was_appended_while_it_handled_a_files_first_lines(venv: Path, tmp_path: Path):
+    """TrainCheck's handler seeks to the end of a file after handling the lines it found there: what the live export
+    appended meanwhile was never read, and a short run whose end marks were among it left `--check` waiting for
+    good (the driver reads on from where the first read stopped)."""
+    trace = tmp_path / "trace_API_all.log"
+    trace.write_text("".join(json.dumps({"time": t}) + "\n" for t in (1, 2)))
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", FIRST_READ, str(ROOT / "traincheck_rewrite"), str(trace)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    queued = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["time"] for r in queued] == [1, 2, 99] and queued[-1]["end_of_trace"] == 1
+
+
+NEW_FILE = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import onlinecheck_driver as driver
+from traincheck.onlinechecker import streamhandler_filesystem as handlers
+
+folder = sys.argv[2]
+handlers.StreamLogHandler._save_initial_content = driver._initial_content
+handlers.StreamLogHandler.__init__ = driver._init_reading_on
+
+
+class Observer:
+    def schedule(self, handler, path, recursive):  # the live export writes its end mark before the handler watches
+        with open(handler.file_path, "a") as f:
+            f.write(json.dumps({"time": 99, "end_of_trace": 1}) + "\\n")
+
+
+data = driver._CheckerData((set(), set(), set()))
+driver._KnownFolder(folder, data, Observer()).attach_new()
+print(json.dumps([data.check_queue.get_nowait() for _ in range(data.check_queue.qsize())]))
+"""
+
+
+def test_the_checker_reads_what_was_appended_to_a_new_file_before_it_watched_it(venv: Path, tmp_path: Path):
+    """A file found while the program runs is read, then watched: what was appended in between raised no event its
+    handler saw, and a state file made near the end of a short run never gave `--check` its end mark."""
+    (tmp_path / "trace_VAR_0_0.log").write_text(json.dumps({"time": 1}) + "\n")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", NEW_FILE, str(ROOT / "traincheck_rewrite"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["time"] for r in json.loads(proc.stdout.strip().splitlines()[-1])] == [1, 99]

@@ -9,7 +9,9 @@ TrainCheck's interpreter (this file imports nothing of traincheck_rewrite), with
 - it looks at the folder every 0.2 s instead of every second (watchdog's PollingObserver default), so a violation is
   reported sooner after the record that shows it;
 - a file's last line is read only once it is whole (the checker parses each line it reads as JSON and drops one cut
-  in two by a read that overtook a write);
+  in two by a read that overtook a write), and a file found with lines in it is read on from where its first read
+  stopped (the checker seeks to the end after handling them, skipping what was appended meanwhile) and read again
+  once its handler watches it (what was appended before then raised no event it could see);
 - the checker means to check a record once every file it watches has been read up to the record's time, but it
   takes the read time of the file whose *name* sorts first (`min` over (path, time) pairs), counts a file whose
   content was there when it found the file as read to the end of time, and knows nothing of a file made since it
@@ -93,6 +95,18 @@ def _initial_content(self) -> None:
     """StreamLogHandler._save_initial_content, leaving the file read up to its last record, not to the end of time."""
     self.fp.seek(0)
     _read_lines(self)
+    self._read_to = self.fp.tell()  # handling the lines moved nothing: where readlines() stopped
+
+
+_handler_init = streamhandler_filesystem.StreamLogHandler.__init__
+
+
+def _init_reading_on(self, *args, **kwargs) -> None:
+    """StreamLogHandler.__init__, then on from where its first read stopped: it seeks to the end of the file after
+    handling the lines there, and what was appended meanwhile was never read (handling a long file takes seconds; a
+    short run's end marks written then left the check waiting for them for good)."""
+    _handler_init(self, *args, **kwargs)
+    self.fp.seek(self._read_to)
 
 
 def _set_read_time(self, trace_record) -> None:
@@ -131,7 +145,9 @@ class _KnownFolder(_FolderCreationHandler):
 
     def attach_new(self) -> None:
         """Every trace file of the folder not attached yet: first registered as read up to time 0, so that no record
-        of another file is checked before their records are read; then read."""
+        of another file is checked before their records are read; then read, and read again once its handler is
+        watching: what was appended between its first read and then raised no event the handler could see (a state
+        file made near the end of a short run then never gave the check its end mark)."""
         new = [os.path.join(self.trace_folder, name) for name in sorted(os.listdir(self.trace_folder))
                if self._is_trace_file(name) and os.path.join(self.trace_folder, name) not in self.seen_files]  # fmt: skip
         if not new:
@@ -142,7 +158,11 @@ class _KnownFolder(_FolderCreationHandler):
                 data.read_time_map.setdefault(path, 0)
             data.min_read_path, data.min_read_time = min(data.read_time_map.items(), key=lambda item: item[1])
         for path in new:
-            super().attach(path)
+            self.seen_files.add(path)
+            self.logger.info(f"New trace file detected, watching: {path}")
+            handler = streamhandler_filesystem.StreamLogHandler(path, data)
+            self.observer.schedule(handler, path=os.path.dirname(path), recursive=False)
+            _read_lines(handler)
 
 
 def _distinct_among_admitted(check_relation_first, inv, trace_record, checker_data):
@@ -182,6 +202,7 @@ if __name__ == "__main__":
     streamhandler_filesystem.PollingObserver = _polling_observer
     streamhandler_filesystem.StreamLogHandler.on_modified = _whole_lines
     streamhandler_filesystem.StreamLogHandler._save_initial_content = _initial_content
+    streamhandler_filesystem.StreamLogHandler.__init__ = _init_reading_on
     streamhandler_filesystem.StreamLogHandler._set_read_time = _set_read_time
     streamhandler_filesystem.FolderCreationHandler = _KnownFolder
     distinct_argument.DistinctArgumentRelation.online_check = staticmethod(_distinct_among_admitted)
