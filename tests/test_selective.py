@@ -178,3 +178,46 @@ def test_state_records_carry_identities_numbered_as_in_the_full_run(tmp_path: Pa
     compared = {key: ids for key, ids in kept.items() if key[2] != "end of skipped steps"}
     assert {key[0] for key in compared} >= {1, 2, 7, 12, 17}
     assert compared == {key: everything[key] for key in compared}
+
+
+BUFFER_REFRESH = '''import torch, torch.nn as nn, torch.nn.functional as F
+torch.manual_seed(0)
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(4))
+        self.fc = nn.Linear(4, 2)
+    def forward(self, x):
+        return self.fc(x - self.shift)
+model = Net()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+for step in range(1, 7):
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    if step == 3:
+        model.shift.copy_(x.mean(0))
+'''
+
+
+def test_a_tracked_tensors_in_place_change_is_recorded_where_the_full_run_records_it(tmp_path: Path):
+    """`copy_` into a tracked buffer, named by no invariant: no call record, but its change is recorded at the call,
+    at its step, as in the full run; not at the next logged call that checks (on several ranks that moment differs
+    more between them, and the engine's consistency check compares the ranks' values by how long they overlap)."""
+    script = tmp_path / "refresh.py"
+    script.write_text(BUFFER_REFRESH)
+    inv = tmp_path / "inv.json"
+    tensor = {"param_type": "VarTypeParam", "var_type": "torch.Tensor", "attr_name": "data"}
+    inv.write_text(json.dumps({"text_description": "t", "relation": "ConsistencyRelation", "params": [tensor, tensor],
+                               "precondition": {"x": {"inverted": False, "preconditions": [{"clauses": "Unconditional"}]}}}) + "\n")
+    changes = {}
+    for name, flags in (("full", []), ("selective", ["--invariants", str(inv)])):
+        result = run_tc(["--pyscript", str(script), "--models-to-track", "model", *flags], tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        records = list(read_records(result.run_dir))
+        changes[name] = [(r["meta_vars"]["step"], r["dump_loc"]) for r in records
+                         if r["type"] == "state_change" and r["var_name"] == "model.shift" and r["mode"] == "update"]
+        assert name == "full" or "torch.Tensor.copy_" not in {r.get("function") for r in records}
+    assert changes["selective"] == changes["full"] == [(3, "torch.Tensor.copy_")]
