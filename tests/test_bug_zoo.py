@@ -24,9 +24,6 @@ ENTRIES = sorted(p.name for p in bugbench.ZOO.iterdir() if (p / "config.yaml").e
 KNOWN_MISSES: dict[str, str] = {
     "autocast_dtype": "traincheck 0.2.0 skips torch.nn.functional.* and torch._C._nn.* (ANALYSIS_SKIP_FUNC_NAMES), the "
     "calls whose output dtype shows the bug; caught at step 6 with rewrite_libraries torch.nn.modules/functional",
-    "ddp_desync": "false alarm on the healthy rerun: the engine prunes contain examples (first and last 10 calls in file "
-    "order), so the exemption of the first zero_grad (no gradient yet) is learnt as 'step == 1 and process_id == 0' and "
-    "rank 1's fails; the DDP entries that call zero_grad after the optimizer step have no such call",
     "reinit_weights": "normal_ carries TrainCheck's name torch._C.TensorBase.normal_, which traincheck 0.2.0 skips "
     "('._'); renamed out of the skip, 'normal_ receives distinct arguments' is inferred and fires at step 0",
 }

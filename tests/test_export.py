@@ -93,7 +93,7 @@ def test_torn_file_is_read_up_to_the_tear(tmp_path: Path):
     (folder / "trace_API_7_1.log.zst").write_bytes(whole + torn)
     stats = export_traincheck(tmp_path / "run", tmp_path / "out")
     assert stats.truncated_files == ["trace_API_7_1.log.zst"]
-    assert [r["func_call_id"] for r in read_export(tmp_path / "out")["trace_API_0_0.log"]] == [1, 1]
+    assert [r["func_call_id"] for r in read_export(tmp_path / "out")["trace_API_all.log"]] == [1, 1]
 
 
 def test_refuses_a_non_empty_target_and_leaves_nothing_half_written(tmp_path: Path):
@@ -105,7 +105,7 @@ def test_refuses_a_non_empty_target_and_leaves_nothing_half_written(tmp_path: Pa
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["keep.txt"]
     (tmp_path / "empty").mkdir()
     export_traincheck(tmp_path / "run", tmp_path / "empty")
-    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["export.json", "trace_API_0_0.log"]
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["export.json", "trace_API_all.log"]
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
@@ -148,10 +148,11 @@ def test_identities_are_ranks_and_orders_of_appearance_never_os_ids_or_addresses
     write_trace(traces, "trace_API_500_9.log.zst", call(500, 9, 1, 12, args={"0": _envelope(0)}))
     export_traincheck(tmp_path / "run", tmp_path / "out")
     files = read_export(tmp_path / "out")
-    assert sorted(files) == ["trace_API_0_0.log", "trace_API_0_1.log", "trace_API_1_0.log"]
-    first = files["trace_API_0_0.log"]
-    assert [r["func_call_id"] for r in first] == [1, 1, 2, 2] and {r["function"] for r in first} == {"torch._C.TensorBase.normal_"}
-    assert files["trace_API_1_0.log"][0]["func_call_id"] == 10**9 + 1
+    assert sorted(files) == ["trace_API_all.log"]
+    records = files["trace_API_all.log"]
+    assert [(r["process_id"], r["thread_id"], r["func_call_id"]) for r in records if r["type"] == PRE] == [
+        (0, 0, 1), (0, 1, 3), (0, 0, 2), (1, 0, 10**9 + 1)]  # one step: process by process, each in time order
+    assert {r["function"] for r in records} == {"torch._C.TensorBase.normal_"}
 
     # ranks win over the order of appearance
     ranked = tmp_path / "ranked" / "traces"
@@ -159,7 +160,27 @@ def test_identities_are_ranks_and_orders_of_appearance_never_os_ids_or_addresses
     write_trace(ranked, "trace_API_400_1.log.zst", call(400, 1, 1, 20, rank=0))
     export_traincheck(tmp_path / "ranked", tmp_path / "ranked_out")
     files = read_export(tmp_path / "ranked_out")
-    assert {name: lines[0]["meta_vars"]["rank"] for name, lines in files.items()} == {"trace_API_0_0.log": 0, "trace_API_1_0.log": 1}
+    assert [(r["process_id"], r["meta_vars"]["rank"]) for r in files["trace_API_all.log"] if r["type"] == PRE] == [(0, 0), (1, 1)]
+
+
+def test_the_ranks_api_records_are_in_one_file_step_by_step(tmp_path: Path):
+    """TrainCheck's engine takes a function's calls in the order of the files it reads and prunes repeats past the
+    first ten: rank 1's first calls must come among the first, next to rank 0's, not after all of rank 0's. And its
+    Lead/Cover relations leave out a function with more than four records in a row: a step's records stay together
+    by process, so the ranks' calls of a collective made at the same time do not stand in a row."""
+    traces = tmp_path / "run" / "traces"
+    for pid, rank in ((300, 0), (400, 1)):
+        calls = []
+        for step in range(1, 21):
+            t, n = (50, 100)[rank] * step + rank, pid * 10**9 + step  # rank 0 twice as fast: its step 2 ends first
+            meta = {"step": step, "stage": "training", "rank": rank}
+            calls += [api(PRE, n, t, process_id=pid, parent_id=None, meta_vars=meta, args={}, kwargs={}),
+                      api(POST, n, t + (2, 98)[rank], process_id=pid, meta_vars=meta, return_values={"NoneType": None})]
+        write_trace(traces, f"trace_API_{pid}_1.log.zst", calls)
+    export_traincheck(tmp_path / "run", tmp_path / "out")
+    records = read_export(tmp_path / "out")["trace_API_all.log"]
+    assert [(r["meta_vars"]["step"], r["process_id"], r["type"]) for r in records][:6] == [
+        (1, 0, PRE), (1, 0, POST), (1, 1, PRE), (1, 1, POST), (2, 0, PRE), (2, 0, POST)]
 
 
 def test_a_tensor_keeps_one_data_id_and_two_tensors_alike_get_two(tmp_path: Path):
@@ -174,11 +195,11 @@ def test_a_tensor_keeps_one_data_id_and_two_tensors_alike_get_two(tmp_path: Path
         {**state(1, 10, None), "attributes": {"dtype": "torch.float32", "numel": 6, "data": 10, "grad": None}}])
     export_traincheck(tmp_path / "run", tmp_path / "out")
     files = read_export(tmp_path / "out")
-    pres = [r for r in files["trace_API_0_0.log"] if r["type"] == PRE]
+    pres = [r for r in files["trace_API_all.log"] if r["type"] == PRE]
     ids = [r["args"]["0"]["torch.FloatTensor"]["_TRAINCHECK_data_ID"] for r in pres]
-    assert ids == [0, 0, 2] and all('"data_id"' not in json.dumps(r) for r in files["trace_API_0_0.log"])
+    assert ids == [0, 0, 2] and all('"data_id"' not in json.dumps(r) for r in files["trace_API_all.log"])
     assert pres[0]["args"]["0"] == pres[1]["args"]["0"] != pres[2]["args"]["0"]
-    post = files["trace_API_0_0.log"][1]["return_values"]
+    post = files["trace_API_all.log"][1]["return_values"]
     assert post[0]["torch.FloatTensor"]["_TRAINCHECK_data_ID"] == 0
     assert post[1] == {"dict": {"_TRAINCHECK_w_ID": 1, "lr": 0.1}}  # as TrainCheck's attribute dump of a dict
     (var,) = files["trace_VAR_0_0.log"]
@@ -205,7 +226,7 @@ def test_containers_are_written_as_traincheck_writes_them(tmp_path: Path):
             "2": {"tuple": [_envelope(4)]}, "3": {"dict": {"k": {"int": 2}}}}
     write_trace(tmp_path / "run" / "traces", "trace_API_7_1.log.zst", [api(PRE, 1, 1, args=args, kwargs={}), api(POST, 1, 2)])
     export_traincheck(tmp_path / "run", tmp_path / "out")
-    pre = read_export(tmp_path / "out")["trace_API_0_0.log"][0]
+    pre = read_export(tmp_path / "out")["trace_API_all.log"][0]
     assert pre["args"] == {"0": {"list": [1, ["a", None]]}, "1": {"dict": {"lr": 0.1, "nesterov": False}},
                            "2": {"tuple": {}}, "3": {"dict": {"k": 2}}}  # fmt: skip
 
@@ -256,5 +277,5 @@ def test_state_records_exported_beside_the_api_records_give_the_same_files(monke
     (traces / "spill_VAR_700_1.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in spilled) + b"\0" * 64)
     parallel, one = _both_ways(monkeypatch, tmp_path / "job", tmp_path / "job_out")
     assert parallel == one
-    assert sorted(one[0]) == ["trace_API_0_0.log", "trace_API_1_0.log", "trace_VAR_0_0.log", "trace_VAR_1_0.log", "trace_VAR_2_0.log"]
+    assert sorted(one[0]) == ["trace_API_all.log", "trace_VAR_0_0.log", "trace_VAR_1_0.log", "trace_VAR_2_0.log"]
     assert one[1]["records"] == 4 + 4 + 2 and one[1]["unchanged_data_dropped"] == 2

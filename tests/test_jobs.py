@@ -13,6 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
 import pytest
 
 from helpers import FIXTURES, ROOT, run_tc
@@ -73,7 +74,8 @@ def test_two_nodes_are_one_job(nodes, tmp_path: Path):
 
     exported = tmp_path / "traincheck"
     assert tc("export", a, b, "--to", str(exported)).returncode == 0
-    assert len(list(exported.glob("trace_API_*.log"))) == 2
+    api = [orjson.loads(line) for line in (exported / "trace_API_all.log").read_bytes().splitlines()]
+    assert sorted({r["process_id"] for r in api}) == [0, 1] and len(list(exported.glob("trace_VAR_*.log"))) == 2
 
 
 @pytest.mark.slow

@@ -35,6 +35,18 @@ def _plain_files(folder: Path) -> dict[str, bytes]:
     return files
 
 
+def _by_thread(files: dict[str, bytes]) -> dict:
+    """The plain files with the API file's lines split by process and thread, each in its order: the live export
+    writes the job's API records in the order they were made, the export after the run each thread's block of records
+    when its outermost call closes (a call left open by a killed process is then dropped)."""
+    out = {name: data for name, data in files.items() if name != "trace_API_all.log"}
+    for line in files.get("trace_API_all.log", b"").splitlines(keepends=True):
+        record = orjson.loads(line)
+        key = ("trace_API_all.log", record["process_id"], record["thread_id"])
+        out[key] = out.get(key, b"") + line
+    return out
+
+
 @pytest.mark.parametrize("fixture", ["mlp", "threads", "dataloader"])
 def test_plain_traces_made_while_the_program_runs_are_the_export_after_it(fixture: str, tmp_path: Path):
     result = run_tc([str(FIXTURES / fixture / "config.yaml")], tmp_path / "run", cwd=FIXTURES / fixture)
@@ -42,8 +54,8 @@ def test_plain_traces_made_while_the_program_runs_are_the_export_after_it(fixtur
     plain = json.loads((result.run_dir / "run.json").read_text())["plain_traces"]
     assert plain["written"] and plain["while_running"], plain
     stats = export_traincheck(result.run_dir, tmp_path / "after")
-    live = _plain_files(result.run_dir)
-    assert live == _plain_files(tmp_path / "after") and len(live) >= 2, sorted(live)
+    live = _by_thread(_plain_files(result.run_dir))
+    assert live == _by_thread(_plain_files(tmp_path / "after")) and len(live) >= 2, sorted(live, key=str)
     assert plain["records"] == stats.records and plain["files"] == stats.files
     assert not list((result.run_dir).glob(".plain_traces*"))  # nothing staged is left behind
 
@@ -57,7 +69,7 @@ def test_a_killed_programs_torn_files_are_read_to_what_seal_keeps(tmp_path: Path
     assert info["records"]["sealed_files"] >= 1
     assert info["plain_traces"]["written"] and info["plain_traces"]["while_running"], info["plain_traces"]
     export_traincheck(result.run_dir, tmp_path / "after")
-    assert _plain_files(result.run_dir) == _plain_files(tmp_path / "after")
+    assert _by_thread(_plain_files(result.run_dir)) == _by_thread(_plain_files(tmp_path / "after"))
 
 
 def _call(n: int, step: int) -> list[tuple]:
@@ -93,7 +105,7 @@ def test_the_follower_never_reads_what_a_held_writer_may_still_rewrite(tmp_path:
     writer.close()
     stats = live.finish()
     assert stats is not None, live.failed
-    lines = [orjson.loads(line) for line in _plain_files(tmp_path / "run")["trace_API_0_0.log"].splitlines()]
+    lines = [orjson.loads(line) for line in _plain_files(tmp_path / "run")["trace_API_all.log"].splitlines()]
     assert [(r["func_call_id"] % 10**9, r["meta_vars"]["step"], r["meta_vars"]["stage"]) for r in lines if r["type"] == PRE] == [
         (1, 0, "init"), (2, 1, "training"), (3, 1, "training"), (4, 1, "init")]  # fmt: skip
     assert len(lines) == stats.records == len(list(read_records(tmp_path / "run")))
@@ -119,3 +131,31 @@ def test_a_guessed_identity_that_the_whole_trace_contradicts_gives_the_export_af
     _write(traces, "trace_API_900_1.log.zst", 900, 10)  # older: process 0 after all
     assert live.finish() is None and "changed" in live.failed
     assert not list((tmp_path / "run").glob("trace_*.log")) and not list((tmp_path / "run").glob(".plain_traces*"))
+
+
+def test_the_jobs_api_records_go_into_one_file_and_a_held_file_holds_back_younger_ones(monkeypatch, tmp_path: Path):
+    """All processes' API records go into one file in step order (export.py: the engine reads a function's calls in
+    their order in what it reads); records younger than what a held writer may still rewrite wait for it."""
+    import traincheck_rewrite.trace.live as live_module
+
+    monkeypatch.setattr(live_module, "HORIZON_NS", 0)  # every record written is old enough to export
+    traces = tmp_path / "run" / "traces"
+    traces.mkdir(parents=True)
+    live = LiveExport(tmp_path / "run")
+    held = TraceWriter(str(traces), "API", 7, 1)
+    held.records += _call(1, 0)
+    held.flush()
+    held.hold()
+    since = time.monotonic_ns()
+    held.records += _call(2, 0)
+    held.flush()
+    _write(traces, "trace_API_8_1.log.zst", 8, time.monotonic_ns())  # younger than the held call 2
+    assert live.poll()
+    exported = [orjson.loads(line) for line in (tmp_path / "run" / "trace_API_all.log").read_bytes().splitlines()]
+    assert [(r["process_id"], r["func_call_id"] % 10**9) for r in exported if r.get("type") == PRE] == [(0, 1)]
+    held.release(since)
+    held.close()
+    assert live.finish() is not None, live.failed
+    lines = [orjson.loads(line) for line in _plain_files(tmp_path / "run")["trace_API_all.log"].splitlines()]
+    assert [(r["process_id"], r["func_call_id"] % 10**9, r["meta_vars"]["step"]) for r in lines if r["type"] == PRE] == [
+        (0, 1, 0), (1, 1, 0), (0, 2, 1)]  # call 2 was relabelled to the first training step when the hold ended

@@ -4,7 +4,7 @@ reads as it is.
 The engine wants plain JSON Lines (no compression, no blank or partial line), exactly one pre and one post record per
 call with the same `meta_vars.stage` on both, and reads every file whose name starts with `trace_`. Our traces differ
 in three ways that the export removes:
-- compressed, possibly torn files: decompressed through `read_records`, which keeps every complete line;
+- compressed, possibly torn files: decompressed through `read_file`, which keeps every complete line;
 - a call left open by a killed process (a pre record with no post) would make the engine silently drop the rest of
   that thread's trace: such calls are dropped and counted (the complete calls inside them are kept);
 - a call of a function made directly inside a call of the same function on the same object (a decorator's wrapper
@@ -37,6 +37,17 @@ that no other run can satisfy):
   `_TRAINCHECK_data_ID` and `_TRAINCHECK_grad_ID` (numbers the tracker gives, not addresses: model-tracking.md),
   and `data` only where it changed (`_traincheck_state` says why);
 
+The API records of every process and thread of the job go into one file, `trace_API_all.log`, step by step: a
+step's records of process 0, then of process 1, ..., each process's in the order they were made (a thread's held
+block, below, where its outermost call closes). The engine reads the order of the file in two places. Contain
+inference takes a function's calls in that order and, past the first and last ten, prunes those whose contents repeat
+the calls before them: with a file per process, rank 1's first calls come in the middle and are pruned, so an
+exemption every rank's first call needs (`zero_grad` before any gradient exists) is learnt as "process 0 at step 1"
+and rank 1's first call violates it on every healthy run. And Lead/Cover leave out a function with more than four
+records in a row: in plain time order, a collective that every rank calls at once (`all_reduce`) stands next to the
+other ranks' calls of it, and is left out. State records stay in a file per process (the engine orders them by time
+itself).
+
 Records are streamed: a thread's API records are held only while one of its calls is open, so memory stays bounded
 by the largest top-level call, not by the trace. State records go to files of their own, so a run with many of them
 has them exported by a second process while this one exports the API records (the export after `tc-rewrite`'s
@@ -45,6 +56,7 @@ run is on the user's wait; the two share only the identities, computed first).
 
 from __future__ import annotations
 
+import heapq
 import os
 import shutil
 import subprocess
@@ -55,7 +67,7 @@ from pathlib import Path
 import orjson
 
 from ..outputs import NO_PLAIN_TRACES, OutputPathError, check_folder_target
-from .reader import ReadStats, read_file, read_records, source_key, trace_sources
+from .reader import ReadStats, read_file, source_key, trace_sources
 from .torch_functions import VARIABLE_FUNCTIONS
 
 PRE = "function_call (pre)"
@@ -68,6 +80,7 @@ GRAD_ID = "_TRAINCHECK_grad_ID"
 WRITE_BUFFER = 1 << 20
 PARALLEL_STATE_BYTES = 256 << 10  # compressed state records worth exporting in a second process (~0.1 s to start)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+API_FILE = "trace_API_all.log"  # the job's API records, every process and thread, step by step
 CALL_ID_BASE = 10**9  # func_call_id = process_id * CALL_ID_BASE + n
 RANK_LOOKAHEAD = 10_000  # records of a process read to find its rank when its first records have none
 _ITEMSIZE = {
@@ -349,8 +362,8 @@ def _write(out, records, stats: ExportStats) -> None:
 
 def export_traincheck(run_dir: str | Path | list, to: str | Path) -> ExportStats:
     """Write the trace of `run_dir` (or of several run folders of one job, one per node) into the new folder `to`
-    (which may exist only if empty), one `trace_API_<pid>_<tid>.log` / `trace_VAR_<pid>_<tid>.log` per thread and
-    kind, plus `export.json`. The folder appears complete or not at all."""
+    (which may exist only if empty): `trace_API_all.log`, one `trace_VAR_<pid>_<tid>.log` per thread that has state
+    records, and `export.json`. The folder appears complete or not at all."""
     folders = [Path(p) for p in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
     try:
         target = check_folder_target(to)
@@ -475,20 +488,21 @@ def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, ki
     threads: dict = {}  # (pid, tid) -> _Thread
     last_data: dict = {}  # (pid, var_name) -> the `data` of its last record
     try:
-        records = (r for run_dir in folders for r in read_records(run_dir, kinds=kinds, stats=read))
-        for record in records:
+        files_read = [read_file(p, read) for run_dir in folders for p in trace_sources(run_dir, kinds)]
+        for record in heapq.merge(*files_read, key=lambda r: step_order(r, identities.process(r.get("process_id")))):
             is_state = record.get("type") == STATE
             record = identities.state(record) if is_state else identities.api(record)
-            key = ("VAR" if is_state else "API", record.get("process_id"), record.get("thread_id"))
-            out = files.get(key)
+            pid, tid = record.get("process_id"), record.get("thread_id")
+            name = f"trace_VAR_{pid}_{tid}.log" if is_state else API_FILE
+            out = files.get(name)
             if out is None:
-                out = files[key] = open(folder / f"trace_{key[0]}_{key[1]}_{key[2]}.log", "wb", buffering=WRITE_BUFFER)
+                out = files[name] = open(folder / name, "wb", buffering=WRITE_BUFFER)
             if is_state:
                 _write(out, (_traincheck_state(record, last_data, stats),), stats)
                 continue
-            thread = threads.get(key[1:])
+            thread = threads.get((pid, tid))
             if thread is None:
-                thread = threads[key[1:]] = _Thread(out)
+                thread = threads[(pid, tid)] = _Thread(out)
             thread.add(record, stats)
         for thread in threads.values():
             thread.flush(stats)
@@ -500,6 +514,19 @@ def _export_kinds(folders: list[Path], folder: Path, identities: _Identities, ki
             os.unlink(out.name)
     stats.truncated_files, stats.bad_lines = read.truncated_files, read.bad_lines
     return stats
+
+
+def step_order(record: dict, process: int) -> tuple:
+    """Where a record goes in the job's API file: by step, then process, then time (each thread's file is in this
+    order already, so merging them keeps every thread's order)."""
+    meta = record.get("meta_vars")
+    step = meta.get("step") if type(meta) is dict else None
+    return (step if type(step) is int else 0, process, made_at(record))
+
+
+def made_at(record: dict) -> int:
+    when = record.get("time")
+    return when if type(when) is int else 0
 
 
 def _add(stats: ExportStats, other: ExportStats) -> None:

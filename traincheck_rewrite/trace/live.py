@@ -18,6 +18,12 @@ the caller runs the export after the run as before (`finish` returns None):
 - each record is in its own thread's file, and a process has at most one state file (export.py compares a tensor's
   `data` with its previous record across a process's state records).
 
+The API records of all files go into one plain file, `trace_API_all.log`, whose name needs no guess: what each poll
+exports, in export.py's step order (why the engine needs it is there), after what the polls before exported. Records
+go into it only up to what every API file can give: while a thread's file is held (below), up to the last record
+read from it; while a file is not begun (its identities not guessed yet), up to its first record, and not at all
+while one has no readable record yet; so a progress mark in it holds for every process.
+
 The checker checks records across files in time order: it holds every file back at the time of the last line it read
 from the slowest file, so a file that stops growing (a finished thread, a state file while nothing changes) would
 hold checking back for good. A file with nothing new for a while gets a progress mark, a line `{"time": T}` with no
@@ -32,6 +38,7 @@ cut back. The file's size is read before the marker is looked at, so a hold that
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
@@ -40,7 +47,7 @@ from pathlib import Path
 import orjson
 import zstandard
 
-from .export import STATE, WRITE_BUFFER, ExportStats, _add, _first_records, _Identities, _Thread, _traincheck_state, _write
+from .export import API_FILE, STATE, WRITE_BUFFER, ExportStats, _add, _first_records, _Identities, _Thread, _traincheck_state, _write, made_at, step_order
 from .reader import _load, source_key, trace_sources
 from .recover import _complete_lines
 
@@ -128,6 +135,7 @@ class _Source:
         self.thread: _Thread | None = None
         self.last_data: dict = {}
         self.held = False  # bytes past what was read may still be rewritten
+        self.read_until = -1  # the time of the last record read: while held, the file's next records are younger
         self.lines = 0  # lines read (records and bad lines)
         self.torn = False  # the file ended inside a frame or a line (its writer was killed)
         self.stats = ExportStats()
@@ -162,6 +170,8 @@ class _Source:
                 self.stats.bad_lines += 1
             else:
                 records.append(record)
+        if records:
+            self.read_until = max(self.read_until, made_at(records[-1]))
         return records
 
     def _decompress(self, data: bytes) -> bytes:
@@ -193,6 +203,7 @@ class LiveExport:
         self.lock = threading.Lock()  # one poll at a time (the follower thread's, or a caller's)
         self.thread: threading.Thread | None = None
         self.calls: dict[tuple, tuple] = {}
+        self.api_out = _PlainFile(self.run_dir / API_FILE)  # shared by every API file's records
         self.last_step: dict = {}  # process -> the highest `meta_vars.step` exported
 
     def start(self) -> None:
@@ -227,26 +238,51 @@ class LiveExport:
             for source in self.sources.values():
                 if source.ids is None:
                     first_time = source.first["time"] if source.first is not None else None
-                    if first_time is None or not (final or (type(first_time) is int and first_time < horizon and not unknown)):
-                        continue
-                    self._begin(source)
-                ready = _made_before(source.waiting, horizon)
+                    if first_time is not None and (final or (type(first_time) is int and first_time < horizon and not unknown)):
+                        self._begin(source)
+            api_horizon = min([horizon, *(self._api_bound(s, horizon) for s in self.sources.values() if s.kind == "API")])
+            api = []
+            for source in self.sources.values():
+                if source.ids is None:
+                    continue
+                ready = _made_before(source.waiting, api_horizon if source.kind == "API" else horizon)
                 records, source.waiting = source.waiting[:ready], source.waiting[ready:]
-                self._export(source, records)
-                if not final:
-                    self._mark_if_idle(source, horizon)
-                source.out.flush()
+                if source.kind == "API":
+                    api.append([(record, source) for record in records])
+                else:
+                    self._export(source, records)
+            for record, source in heapq.merge(*api, key=lambda pair: step_order(pair[0], pair[1].ids[0])):
+                self._export(source, (record,))
+            if not final:  # the API file's horizon waits for the held files: nothing older follows it in any file
+                self._mark_if_idle(self.api_out, api_horizon)
+                for source in self.sources.values():
+                    if source.kind == "VAR" and source.out is not None and not source.held:
+                        self._mark_if_idle(source.out, horizon)
+            for out in self._outputs():
+                out.flush()
         except _Abandon as exc:
             self.failed = str(exc)
         except Exception as exc:  # a bug of ours must not cost the export: the export after the run is made instead
             self.failed = f"{type(exc).__name__}: {exc}"
         return self.failed is None
 
-    def _mark_if_idle(self, source: _Source, horizon: int) -> None:
+    @staticmethod
+    def _api_bound(source: _Source, horizon: int) -> int:
+        """How far the shared API file may be written for this API file's sake: a file not begun yet will write its
+        records from its first on (none readable yet: held from its start, nothing), a held one those after the last
+        it let be read."""
+        if source.ids is None:
+            first = source.first.get("time") if source.first is not None else None
+            if type(first) is int:
+                return first
+            return -1 if source.path.stat().st_size else horizon
+        return source.read_until if source.held else horizon
+
+    def _mark_if_idle(self, out: _PlainFile, horizon: int) -> None:
         """A progress mark in a file that has had nothing new for a while, so that the checker reading it does not
         hold the other files back at its last record (see the module docstring)."""
-        if not source.held and source.out.file is not None and source.out.last_time < horizon - MARK_EVERY_NS:
-            source.out.mark(horizon)
+        if out.file is not None and out.last_time < horizon - MARK_EVERY_NS:
+            out.mark(horizon)
 
     def _paths(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -288,9 +324,11 @@ class LiveExport:
         source.ids = (identities.process(source.pid), identities.thread(source.pid, source.tid))
         if source.kind == "VAR" and any(s.kind == "VAR" and s.pid == source.pid and s is not source and s.first for s in self.sources.values()):
             raise _Abandon("a process with two state files")
-        source.out = _PlainFile(self.run_dir / f"trace_{source.kind}_{source.ids[0]}_{source.ids[1]}.log")
         if source.kind == "API":
+            source.out = self.api_out
             source.thread = _Thread(source.out, stream=True)
+        else:
+            source.out = _PlainFile(self.run_dir / f"trace_{source.kind}_{source.ids[0]}_{source.ids[1]}.log")
 
     def finish(self) -> ExportStats | None:
         """After the program ended, before seal() mends its files: the rest of every file, and the end marks; the
@@ -306,12 +344,11 @@ class LiveExport:
         except OSError as exc:  # reading a torn file, writing the end marks
             self.failed = self.failed or f"{exc.filename or 'a plain trace file'}: {exc.strerror}"
         finally:
-            for source in self.sources.values():
-                if source.out is not None:
-                    try:
-                        source.out.close()
-                    except OSError as exc:  # the last bytes could not be written (disk full, file too large)
-                        self.failed = self.failed or f"{source.out.path.name}: {exc.strerror}"
+            for out in self._outputs():
+                try:
+                    out.close()
+                except OSError as exc:  # the last bytes could not be written (disk full, file too large)
+                    self.failed = self.failed or f"{out.path.name}: {exc.strerror}"
         if self.failed is None:
             return stats
         self._remove_written()
@@ -340,7 +377,7 @@ class LiveExport:
         if stats.dropped_open_calls:
             self.failed = f"{stats.dropped_open_calls} calls were left open"
             return None
-        written = [s.out for s in self.sources.values() if s.out is not None and s.out.file is not None]
+        written = [out for out in self._outputs() if out.file is not None]
         end = time.monotonic_ns()
         for out in written:
             out.mark(end, **{END_OF_TRACE: len(written)})
@@ -348,8 +385,12 @@ class LiveExport:
         stats.files = len(written)
         return stats
 
+    def _outputs(self) -> list[_PlainFile]:
+        """The plain files begun, each once (every API file shares one)."""
+        return list({id(s.out): s.out for s in self.sources.values() if s.out is not None}.values())
+
     def _remove_written(self) -> None:
-        for source in self.sources.values():
-            if source.out is not None and source.out.file is not None:
-                source.out.path.unlink(missing_ok=True)
+        for out in self._outputs():
+            if out.file is not None:
+                out.path.unlink(missing_ok=True)
 
