@@ -37,8 +37,8 @@ def _plain_files(folder: Path) -> dict[str, bytes]:
 
 def _by_thread(files: dict[str, bytes]) -> dict:
     """The plain files with the API file's lines split by process and thread, each in its order: the live export
-    writes the job's API records in the order they were made, the export after the run each thread's block of records
-    when its outermost call closes (a call left open by a killed process is then dropped)."""
+    writes what each look at the trace finds in step order, the export after the run a thread's block of records
+    where its outermost call closes (a call left open by a killed process is then dropped)."""
     out = {name: data for name, data in files.items() if name != "trace_API_all.log"}
     for line in files.get("trace_API_all.log", b"").splitlines(keepends=True):
         record = orjson.loads(line)
