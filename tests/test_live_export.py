@@ -159,3 +159,18 @@ def test_the_jobs_api_records_go_into_one_file_and_a_held_file_holds_back_younge
     lines = [orjson.loads(line) for line in _plain_files(tmp_path / "run")["trace_API_all.log"].splitlines()]
     assert [(r["process_id"], r["func_call_id"] % 10**9, r["meta_vars"]["step"]) for r in lines if r["type"] == PRE] == [
         (0, 1, 0), (1, 1, 0), (0, 2, 1)]  # call 2 was relabelled to the first training step when the hold ended
+
+
+def test_at_the_end_a_file_with_no_whole_record_holds_nothing_back(tmp_path: Path):
+    """A writer killed inside its first line leaves a file with bytes and no record: while the program runs the API
+    file waits for it (its first record could be older than any), at the end it must not."""
+    traces = tmp_path / "run" / "traces"
+    traces.mkdir(parents=True)
+    _write(traces, "trace_API_500_1.log.zst", 500, 20)
+    torn = zstandard.ZstdCompressor().compress(b'{"type": "function_call (pre)", "func_call_id"')
+    (traces / "trace_API_900_1.log.zst").write_bytes(torn[: len(torn) // 2])
+    live = LiveExport(tmp_path / "run")
+    assert live.poll() and not (tmp_path / "run" / "trace_API_all.log").exists()
+    assert live.finish() is not None, live.failed
+    lines = [orjson.loads(line) for line in _plain_files(tmp_path / "run")["trace_API_all.log"].splitlines()]
+    assert [(r["type"], r["func_call_id"]) for r in lines] == [(PRE, 1), (POST, 1)]

@@ -47,7 +47,10 @@ from pathlib import Path
 import orjson
 import zstandard
 
-from .export import API_FILE, STATE, WRITE_BUFFER, ExportStats, _add, _first_records, _Identities, _Thread, _traincheck_state, _write, made_at, step_order
+from .export import (
+    API_FILE, STATE, WRITE_BUFFER, ExportStats, _add, _first_records, _Identities, _Thread, _traincheck_state, _write, made_at,
+    step_order,
+)  # fmt: skip
 from .reader import _load, source_key, trace_sources
 from .recover import _complete_lines
 
@@ -240,7 +243,8 @@ class LiveExport:
                     first_time = source.first["time"] if source.first is not None else None
                     if first_time is not None and (final or (type(first_time) is int and first_time < horizon and not unknown)):
                         self._begin(source)
-            api_horizon = min([horizon, *(self._api_bound(s, horizon) for s in self.sources.values() if s.kind == "API")])
+            api_sources = [s for s in self.sources.values() if s.kind == "API"]
+            api_horizon = horizon if final else min([horizon, *(self._api_bound(s, horizon) for s in api_sources)])
             api = []
             for source in self.sources.values():
                 if source.ids is None:
