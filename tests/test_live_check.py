@@ -241,3 +241,30 @@ def test_the_checker_reads_what_was_appended_to_a_new_file_before_it_watched_it(
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["time"] for r in json.loads(proc.stdout.strip().splitlines()[-1])] == [1, 99]
+
+
+REPORTS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import onlinecheck_driver as driver
+from traincheck.reporting.checker_report import ReportEmitter
+
+ReportEmitter._should_emit = driver._report_due
+emitter = ReportEmitter(sys.argv[2], no_html_report=True, report_wandb=False, report_mlflow=False,
+                        report_interval_seconds=2, args=None)
+emitter.emit({}, force=True, report_state=(0, 0))
+due = [emitter.should_emit((found, 1), False) for found in (1, 2, 3)]  # three violations found within the interval
+due.append(emitter.should_emit((3, 1), True))  # the report at the end
+emitter._last_report_ts -= 2
+due.append(emitter.should_emit((3, 1), False))
+print(json.dumps(due))
+"""
+
+
+def test_the_checkers_report_is_rebuilt_once_an_interval_however_many_violations(venv: Path, tmp_path: Path):
+    """TrainCheck's checker rebuilt `report.html` after each violation, re-serialising all of them each time: a run
+    with 1,791 violations spent two thirds of its check on reports and fell behind the program."""
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", REPORTS, str(ROOT / "traincheck_rewrite"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [False, False, False, True, True]
