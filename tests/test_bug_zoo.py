@@ -31,8 +31,9 @@ KNOWN_MISSES: dict[str, str] = {
 # Entries that `--check` reports later than the offline check, and why: what TrainCheck's online engine does, not what
 # it is given (the online checker replaying the finished trace with --exit-on-idle reports the same step).
 LIVE_LATER: dict[str, str] = {
-    "freeze_undone": "the online engine's lead check reports 'Backbone.forward() always precedes ModuleList()' at step "
-    "10 (the next sampled step), the offline one at step 5 (seen at 6)",
+    "freeze_undone": "'Backbone.forward() always precedes ModuleList()' (evaluation stage) is broken by what does not follow "
+    "step 5's evaluation: read as the trace grows, that is known at the next evaluation forward (step 10); the offline "
+    "check names step 5's call (seen at 6)",
 }
 
 
