@@ -429,3 +429,49 @@ def test_a_library_modules_own_functions_are_apis_when_the_module_is_instrumente
     assert b'return _tc_("torch/nn/init.py:5:11", gain)(2)' in out
     assert b"return math.sqrt(x)" in out  # the standard library stays unwrapped
     assert b"return gain(2)" in rewrite_library(src, "/site/mylib/init.py", "mylib/init.py", ("torch",), loops=False)
+
+
+class _Hooks:
+    """Hooks of every kind libcst calls, each logging its call; `leave_Name` changes the tree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple] = []
+
+    def visit_Call(self, node):
+        self.log.append(("visit_Call", node.func.__class__.__name__))
+
+    def visit_Call_func(self, node):
+        self.log.append(("visit_Call_func",))
+
+    def leave_Call_func(self, node):
+        self.log.append(("leave_Call_func",))
+
+    def visit_Lambda(self, node):
+        self.log.append(("visit_Lambda",))
+        return False  # its body is not visited
+
+    def leave_Name(self, original_node, updated_node):
+        self.log.append(("leave_Name", original_node.value))
+        return updated_node.with_changes(value=original_node.value.upper())
+
+
+def test_the_fast_dispatch_calls_what_libcst_calls_in_its_order():
+    """rewrite/dispatch.py caches libcst's method look-ups: the same hooks, arguments, order and result."""
+    import libcst as cst
+
+    from traincheck_rewrite.rewrite.dispatch import Transformer
+
+    class Theirs(_Hooks, cst.CSTTransformer):
+        pass
+
+    class Ours(_Hooks, Transformer):
+        pass
+
+    source = "x = f(a, g(b).c)\nh = lambda y: k(y)\nfor i in it:\n    m.n(i)\n"
+    results = []
+    for cls in (Theirs, Ours):
+        transformer = cls()
+        results.append((cst.parse_module(source).visit(transformer).code, transformer.log))
+    assert results[0] == results[1]
+    assert results[1][0].startswith("X = F(A, G(B).C)\nH = lambda y: k(y)\nfor I in IT:") and ("visit_Call_func",) in results[1][1]

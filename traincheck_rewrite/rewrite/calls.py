@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from .dispatch import Transformer
 from .names import TORCHSCRIPT_DECORATORS, NameFacts, dotted_name
 from .nesting import Nesting
 from .positions import Span
@@ -26,7 +27,7 @@ def _is_torchscript_decorated(decorators) -> bool:
     return False
 
 
-class CallWrapper(cst.CSTTransformer):
+class CallWrapper(Transformer):
     """Wraps every call whose callee might be an instrumented API; collects the spans of the wrapped sites.
 
     Site ids start after `site_base`; the caller registers `wrapped` in a SiteTable once the file succeeded.

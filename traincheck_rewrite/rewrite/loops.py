@@ -12,6 +12,7 @@ import ast
 
 import libcst as cst
 
+from .dispatch import Transformer, Visitor
 from .nesting import Nesting
 from .positions import MAX_TEXT, Span
 
@@ -27,7 +28,7 @@ def loop_spans(tree: ast.Module, text: str) -> list[Span]:
     ]
 
 
-class _HasCall(cst.CSTVisitor):
+class _HasCall(Visitor):
     def __init__(self) -> None:
         super().__init__()
         self.found = False
@@ -43,7 +44,16 @@ def _body_calls(body: cst.BaseSuite) -> bool:
     return finder.found
 
 
-class LoopMarker(cst.CSTTransformer):
+# The nodes a loop statement can be inside of: the visit goes down only these (expressions and simple statements hold
+# no statement), which halves the cost of rewriting a file.
+_HOLDS_STATEMENTS = (cst.Module, cst.IndentedBlock, cst.BaseCompoundStatement, cst.Else, cst.ExceptHandler,
+                     cst.ExceptStarHandler, cst.Finally, cst.MatchCase)
+
+
+class LoopMarker(Transformer):
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        return isinstance(node, _HOLDS_STATEMENTS) and super().on_visit(node)
+
     def __init__(self, hook: cst.BaseExpression, spans: list[Span], site_base: int, nesting: Nesting | None = None) -> None:
         super().__init__()
         self.nesting = nesting  # a deeply nested file: mark only loops whose marker still compiles (nesting.py)

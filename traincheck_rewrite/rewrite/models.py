@@ -12,6 +12,7 @@ from __future__ import annotations
 import libcst as cst
 from libcst.metadata import PositionProvider
 
+from .dispatch import Transformer
 from .names import dotted_name
 from .results import Bindings
 
@@ -40,7 +41,7 @@ _COMMA = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
 _SEMI = cst.Semicolon(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(" "))
 
 
-class ModelTracker(cst.CSTTransformer):
+class ModelTracker(Transformer):
     METADATA_DEPENDENCIES = (PositionProvider,)
 
     def __init__(self, targets: dict[str, tuple[str, str]], hook: cst.BaseExpression, filename: str,

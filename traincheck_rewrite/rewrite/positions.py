@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from .dispatch import Visitor
 from .names import ast_dotted_name, dotted_name
 
 MAX_TEXT = 200
@@ -49,7 +50,7 @@ def call_spans(tree: ast.Module, text: str) -> list[Span]:
     return spans
 
 
-class _CstSpans(cst.CSTVisitor):
+class _CstSpans(Visitor):
     METADATA_DEPENDENCIES = (PositionProvider,)
 
     def __init__(self, module: cst.Module) -> None:

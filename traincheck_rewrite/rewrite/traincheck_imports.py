@@ -14,6 +14,7 @@ import re
 
 import libcst as cst
 
+from .dispatch import Transformer
 from .names import dotted_name
 
 API_MODULE = "traincheck_rewrite.runtime.traincheck_api"
@@ -33,7 +34,7 @@ def _api_module() -> cst.Attribute | cst.Name:
     return cst.parse_expression(API_MODULE)  # type: ignore[return-value]
 
 
-class TraincheckImports(cst.CSTTransformer):
+class TraincheckImports(Transformer):
     def __init__(self) -> None:
         super().__init__()
         self.redirected = 0
