@@ -9,7 +9,9 @@ under TrainCheck's collector, alternating, medians; then micro-benchmarks of the
 
 Workloads are fixtures/bench/*.py (synthetic data, CPU, long enough that training outweighs start-up). A traced
 time is that of the whole command a user waits for (`tc-rewrite`: rewrite, launch, run, seal, count). Peak memory
-is the largest resident set of the command and its children (wait4). Library depth: one run starts with an empty
+is the largest resident set of the command and its children (wait4). Each setting's fixed cost, what a run costs
+whatever its length (start-up, rewrite-cache look-up, launch, seal), is a one-step run's time less the plain one's,
+in its own column. Library depth: one run starts with an empty
 rewrite cache (cold), the others find it full (warm). The HF Trainer fixture (frameworks rewritten by default):
 its first run with an empty cache and its warm runs against the plain run. With `--traincheck`, also what
 TrainCheck's engine infers from each collector's trace of a 30-step run of each workload, by relation, and the
@@ -93,6 +95,17 @@ def _traincheck_stats(out: Path) -> dict:
     return {"records": records, "trace_bytes": trace_bytes, "bytes_per_record": trace_bytes / records if records else 0.0}
 
 
+def _fixed_cost(script: Path, command, folder: Path, env: dict[str, str], pairs: int) -> float:
+    """What a run costs whatever its length (start-up, rewrite-cache look-up, launch, seal, export): the median over
+    `pairs` of a one-step run's wall time less the plain one-step run's just before it."""
+    env = {**env, "BENCH_STEPS": "1"}  # what the workloads read when given no --steps (TrainCheck's collector gives none)
+    differences = []
+    for i in range(pairs):
+        plain = _run([sys.executable, str(script)], BENCH, env)[0]
+        differences.append(_run(command(folder / f"one-step-{i}"), BENCH, env)[0] - plain)
+    return statistics.median(differences)
+
+
 def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None, traincheck: Path | None,
                    collector: bool = True) -> list[dict]:
     """Rows for one workload: plain, then each setting, then TrainCheck; each setting's runs alternate with plain."""
@@ -110,13 +123,13 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
                 continue
             flags = [f.format(w=name, tc=traincheck) for f in SETTINGS[setting]]
             base = [sys.executable, "-m", "traincheck_rewrite", "--pyscript", str(script), "--models-to-track", "model", *flags]
-            variants.append((setting, lambda out, base=base: [*base, "--output-dir", str(out), *script_args]))
+            variants.append((setting, lambda out, args=script_args, base=base: [*base, "--output-dir", str(out), *args]))
         if traincheck is not None and collector:  # on a copy: it writes its instrumented script beside the original
             (tmp / "src").mkdir()
             copy = tmp / "src" / script.name
             copy.write_bytes(script.read_bytes())
             base = [str(traincheck / "bin" / "traincheck-collect"), "--pyscript", str(copy), "--models-to-track", "model"]
-            variants.append(("traincheck-collect", lambda out, base=base: [*base, "--output-dir", str(out), *script_args]))
+            variants.append(("traincheck-collect", lambda out, args=script_args, base=base: [*base, "--output-dir", str(out), *args]))
         for setting, command in variants:
             folder = tmp / setting
             cold = _run(command(folder / "cold"), BENCH, env) if setting == "depth" else None  # fills the rewrite cache
@@ -133,6 +146,7 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
                    "records_per_s": stats["records"] / wall}
             if cold is not None:
                 row["cold_s"] = cold[0]
+            row["fixed_s"] = _fixed_cost(script, lambda out, command=command: command(out, []), folder, env, pairs)
             rows.append(row)
         p = statistics.median(r[0] for r in plain)
         rows.insert(0, {"workload": name, "setting": "plain", "wall_s": p, "peak_mib": max(r[1] for r in plain) / 1024,
@@ -392,6 +406,8 @@ def main() -> None:
     print(f"{'workload':<6} {'setting':<19} {'wall s':>7} {'ratio':>6} {'peak MiB':>9} {'trace KiB':>10} {'records':>8} {'B/rec':>6} {'rec/s':>8}")
     for r in rows:
         cold = f"  (cold cache {r['cold_s']:.2f} s)" if "cold_s" in r else ""
+        if "fixed_s" in r:
+            cold += f"  (fixed cost {r['fixed_s']:.2f} s)"
         if "drain_s" in r:
             cold += (f"  (checker {r['checker_rec_s']:.0f} rec/s against the program's {r['program_rec_s']:.0f}; "
                      f"drain {r['drain_s']:.2f} s = {r.get('steps_behind', 0):.1f} steps)")

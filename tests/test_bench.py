@@ -24,6 +24,7 @@ def test_quick_benchmark_runs_and_reports_every_measure():
         assert row["wall_s"] > 0 and row["peak_mib"] > 0 and row["records"] > 0 and row["trace_bytes"] > 0
         assert row["ratio"] == row["wall_s"] / plain["wall_s"]
         assert row["bytes_per_record"] == row["trace_bytes"] / row["records"]
+        assert isinstance(row["fixed_s"], float) and -row["wall_s"] < row["fixed_s"] < row["wall_s"]  # a one-step run's extra
     assert rows["depth"]["cold_s"] > 0 and rows["depth"]["records"] > rows["default"]["records"]  # inner calls too
     assert rows["selective"]["records"] < rows["default"]["records"]  # fewer APIs, sampled steps
     what = [m["what"] for m in report["micro"]]
