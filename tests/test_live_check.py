@@ -53,19 +53,24 @@ def _tc(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "traincheck_rewrite", *args], cwd=cwd, env=_env(), text=True, **kw)
 
 
-def _failed_steps(failed_log: Path) -> list[tuple[int, str]]:
-    """The step and invariant of each violation TrainCheck's checker wrote so far (indented JSON objects one after
-    the other)."""
+def _failed_results(failed_log: Path) -> list[dict]:
+    """The violations TrainCheck's checker wrote so far (indented JSON objects one after the other)."""
     text = failed_log.read_text() if failed_log.exists() else ""
-    decoder, at, steps = json.JSONDecoder(), 0, []
+    decoder, at, results = json.JSONDecoder(), 0, []
     while True:
         while at < len(text) and text[at].isspace():
             at += 1
         try:
             result, at = decoder.raw_decode(text, at)
         except json.JSONDecodeError:
-            return steps
-        steps.append((max(int(r["meta_vars.step"]) for r in result["trace"]), result["invariant"]["text_description"]))
+            return results
+        results.append(result)
+
+
+def _failed_steps(failed_log: Path) -> list[tuple[int, str]]:
+    """The step and invariant of each violation the checker wrote so far."""
+    return [(max(int(r["meta_vars.step"]) for r in result["trace"]), result["invariant"]["text_description"])
+            for result in _failed_results(failed_log)]  # fmt: skip
 
 
 def test_traincheck_online_checker_started_on_an_empty_folder_reports_while_the_program_runs(venv: Path, tmp_path: Path):
@@ -268,3 +273,40 @@ def test_the_checkers_report_is_rebuilt_once_an_interval_however_many_violations
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [False, False, False, True, True]
+
+
+def _lead_trace(folder: Path) -> None:
+    """Evaluation forwards at steps 1, 2 and 3 (calls 1, 3, 4): a `make_block()` follows the first only."""
+    lines, time_ns = [], 1000
+    for call, function, step in ((1, "m.forward", 1), (2, "m.make_block", 1), (3, "m.forward", 2), (4, "m.forward", 3)):
+        for kind in ("pre", "post"):
+            time_ns += 10
+            record = {"type": f"function_call ({kind})", "func_call_id": call, "time": time_ns, "parent_id": None,
+                      "function": function, "process_id": 0, "thread_id": 0,
+                      "meta_vars": {"step": step, "stage": "evaluation"}}  # fmt: skip
+            record.update({"obj_id": None, "is_bound_method": False, "args": {}, "kwargs": {}, "proxy_obj_names": []}
+                          if kind == "pre" else {"return_values": None})  # fmt: skip
+            lines.append(json.dumps(record))
+    lines.append(json.dumps({"time": time_ns + 10, "end_of_trace": 1}))
+    (folder / "trace_API_all.log").write_text("\n".join(lines) + "\n")
+
+
+def test_a_lead_violation_names_the_call_that_was_not_followed(venv: Path, tmp_path: Path):
+    """'forward() always precedes make_block()' broken after step 2's forward is seen at step 3's: `--check` names
+    both calls, so the program's line of the call where make_block() was missing is shown too."""
+    (tmp_path / "run").mkdir()
+    _lead_trace(tmp_path / "run")
+    clause = {"type": "constant", "prop_name": "meta_vars.stage", "additional_path": "None", "prop_dtype": "str",
+              "values": ["evaluation"]}  # fmt: skip
+    invariant = {"text_description": "forward() always precedes make_block()", "relation": "FunctionLeadRelation",
+                 "params": [{"param_type": "APIParam", "api_full_name": name} for name in ("m.forward", "m.make_block")],
+                 "precondition": {"func_lead": {"inverted": False, "preconditions": [{"clauses": [clause]}]}},
+                 "num_positive_examples": 1, "num_negative_examples": 1}  # fmt: skip
+    (tmp_path / "invariants.json").write_text(json.dumps(invariant) + "\n")
+    proc = subprocess.run([str(venv / "bin" / "python"), str(ROOT / "traincheck_rewrite" / "onlinecheck_driver.py"), "-f",
+                           "run", "-i", "invariants.json", "-o", "out", "--exit-on-idle"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    violations = _failed_results(tmp_path / "out" / "failed.log")
+    assert [[(r["func_call_id"], r["meta_vars.step"]) for r in v["trace"]] for v in violations] == [[(3, 2), (4, 3)]]
+

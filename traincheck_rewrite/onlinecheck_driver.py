@@ -25,6 +25,9 @@ TrainCheck's interpreter (this file imports nothing of traincheck_rewrite), with
   still reach `failed.log` one by one as they are found;
 - once its report is written it exits at once: the interpreter's teardown of torch and traincheck took about a second
   more, which `tc-rewrite` waited for after every run;
+- a violation of "A always precedes B" names the call of A that B did not follow beside the call of A that showed it
+  (the online check names only the latter: `--check` then showed the program's line of the call after the gap, not
+  of the call where B was missing);
 - "f() receives distinct arguments at each step" holds each pair of calls to the invariant's precondition, a property
   of two calls ("same step, unequal stage"), as inference does: the online check tested the new call alone and then
   compared every pair of the step, so an evaluation's forward let the other ranks' training forwards, alike on every
@@ -44,6 +47,7 @@ from itertools import combinations
 
 from traincheck import checker_online
 from traincheck.invariant import DistinctArgumentRelation as distinct_argument
+from traincheck.invariant import lead_relation
 from traincheck.invariant.base_cls import OnlineCheckerResult
 from traincheck.onlinechecker import streamhandler_filesystem
 from traincheck.onlinechecker.utils import Checker_data, set_meta_vars_online
@@ -208,6 +212,30 @@ def _report_due(self, report_state, force: bool) -> bool:
     return time.monotonic() - self._last_report_ts >= self.report_interval_seconds
 
 
+_lead_check = lead_relation.FunctionLeadRelation.online_check
+
+
+def _lead_with_the_call_b_did_not_follow(check_relation_first, inv, trace_record, checker_data):
+    """FunctionLeadRelation.online_check, with the earlier call of A (the one it looked back to) first in the trace
+    of a violation."""
+    result = _lead_check(check_relation_first, inv, trace_record, checker_data)
+    if result.check_passed or not result.trace:
+        return result
+    shown = result.trace[-1]
+    earlier = None
+    with checker_data.lock:
+        events = checker_data.pt_map.get((shown["process_id"], shown["thread_id"], shown["function"]), {})
+        for event in events.values():
+            post = event.post_record
+            if post is None or post["time"] >= shown["time"] or (earlier is not None and post["time"] <= earlier[0]):
+                continue
+            if inv.precondition.verify(set_meta_vars_online([event.pre_record], checker_data), lead_relation.EXP_GROUP_NAME, None):
+                earlier = (post["time"], event.pre_record)
+    if earlier is not None:
+        result.trace = [earlier[1], *result.trace]
+    return result
+
+
 def _polling_observer():
     return _PollingObserver(timeout=POLL_S)
 
@@ -224,6 +252,7 @@ if __name__ == "__main__":
     streamhandler_filesystem.FolderCreationHandler = _KnownFolder
     distinct_argument.DistinctArgumentRelation.online_check = staticmethod(_distinct_among_admitted)
     ReportEmitter._should_emit = _report_due
+    lead_relation.FunctionLeadRelation.online_check = staticmethod(_lead_with_the_call_b_did_not_follow)
     sys.argv = ["traincheck-onlinecheck", *sys.argv[1:]]
     try:
         checker_online.main()
