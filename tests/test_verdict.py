@@ -88,12 +88,13 @@ def test_timeline_has_each_violation_on_the_trainers_thread_at_its_record(runs, 
 
 def test_query_has_a_row_per_call_of_each_violation(runs):
     run = runs["checked"]
-    proc = tc("query", str(run), "SELECT step, invariant, line FROM violations", "--json")
+    proc = tc("query", str(run), "SELECT step, invariant, call_step, line FROM violations", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     kept = violations(run)
-    assert rows == [{"step": v["step"], "invariant": v["invariant"], "line": c.get("line")}
+    assert rows == [{"step": v["step"], "invariant": v["invariant"], "call_step": c.get("step"), "line": c.get("line")}
                     for v in kept for c in v["calls"] or [{}]]  # fmt: skip
+    assert all(r["call_step"] is not None and r["call_step"] <= r["step"] for r in rows if r["line"] is not None)
     assert _line_of("loss = F.cross_entropy(model(x), y)") in {r["line"] for r in rows}
     # each violation is at a record of the process it names: it joins the calls or states of that process
     proc = tc("query", str(run), """SELECT count(*) AS n, count(DISTINCT v.process_id) AS processes,
@@ -140,7 +141,7 @@ def test_an_unchecked_run_has_no_verdict(runs, tmp_path: Path):
     proc = tc("query", str(run), "SELECT * FROM violations")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].split() == ["time", "step", "stage", "rank", "thread", "relation", "invariant",
-                                                   "function", "file", "line", "source", "variable", "process_id",
+                                                   "function", "call_step", "file", "line", "source", "variable", "process_id",
                                                    "thread_id", "run"]  # fmt: skip
     assert proc.stdout.splitlines()[-1] == "(0 rows)"
     proc = tc("summary", str(run))

@@ -231,7 +231,8 @@ class OnlineCheck:
                 if isinstance(record.get("var_name"), str):
                     calls.append({"variable": record["var_name"]})
                 continue
-            calls.append({"function": record.get("function"), **self._program_site(_number(record.get("process_id")), call)})
+            calls.append({"function": record.get("function"), "step": _number(record.get("meta_vars.step")),
+                          **self._program_site(_number(record.get("process_id")), call)})  # fmt: skip
         return {
             "time": _number(last.get("time")), "step": _number(last.get("meta_vars.step")),
             "stage": _text(last.get("meta_vars.stage")), "rank": _number(last.get("process_id")),
@@ -265,13 +266,15 @@ def _told(violation: dict, in_full: bool) -> str:
     if not in_full:
         return head + " (again)"
     lines = [f"{head} [{violation['relation']}]"]
+    steps = len({call.get("step") for call in violation["calls"] if "function" in call}) > 1  # calls of several steps
     for call in violation["calls"]:
+        when = f", step {call.get('step')}" if steps else ""
         if "line" in call:
-            lines.append(f"    {call['file']}:{call['line']}: {call['source']}    ({call['function']})")
+            lines.append(f"    {call['file']}:{call['line']}: {call['source']}    ({call['function']}{when})")
         elif "variable" in call:
             lines.append(f"    variable {call['variable']}")
         elif call.get("function"):
-            lines.append(f"    {call['function']} (no line of the program)")
+            lines.append(f"    {call['function']} (no line of the program{when})")
     return "\n".join(lines)
 
 

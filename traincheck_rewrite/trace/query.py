@@ -56,7 +56,7 @@ COLUMNS = {
     },
     "violations": {
         "time": "BIGINT", "step": "BIGINT", "stage": "VARCHAR", "rank": "INTEGER", "thread": "INTEGER",
-        "relation": "VARCHAR", "invariant": "VARCHAR", "function": "VARCHAR", "file": "VARCHAR", "line": "INTEGER",
+        "relation": "VARCHAR", "invariant": "VARCHAR", "function": "VARCHAR", "call_step": "BIGINT", "file": "VARCHAR", "line": "INTEGER",
         "source": "VARCHAR", "variable": "VARCHAR", "process_id": "BIGINT", "thread_id": "UBIGINT", "run": "VARCHAR",
     },
 }
@@ -197,7 +197,7 @@ def write_violations(job: Job, folder: Path, ranks: list[int] | None = None) -> 
                      "run": str(run.root)}
             calls = [c for c in v.get("calls") or [] if isinstance(c, dict)] or [{}]
             for call in calls:
-                rows.add({**where, "function": call.get("function"), "file": call.get("file"),
+                rows.add({**where, "function": call.get("function"), "call_step": _int(call.get("step")), "file": call.get("file"),
                           "line": _int(call.get("line")), "source": call.get("source"), "variable": call.get("variable")})
     finally:
         rows.close()
