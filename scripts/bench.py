@@ -9,7 +9,7 @@ under TrainCheck's collector, alternating, medians; then micro-benchmarks of the
 
 Workloads are fixtures/bench/*.py (synthetic data, CPU, long enough that training outweighs start-up). A traced
 time is that of the whole command a user waits for (`tc-rewrite`: rewrite, launch, run, seal, count). Peak memory
-is the largest resident set of the command and its children (wait4). Each setting's fixed cost, what a run costs
+is the largest resident set of the command and its children (wait4). Each setting's fixed cost (with --quick, the selective one's), what a run costs
 whatever its length (start-up, rewrite-cache look-up, launch, seal), is a one-step run's time less the plain one's,
 in its own column. Library depth: one run starts with an empty
 rewrite cache (cold), the others find it full (warm). The HF Trainer fixture (frameworks rewritten by default):
@@ -146,7 +146,8 @@ def bench_workload(name: str, settings: list[str], pairs: int, steps: int | None
                    "records_per_s": stats["records"] / wall}
             if cold is not None:
                 row["cold_s"] = cold[0]
-            row["fixed_s"] = _fixed_cost(script, lambda out, command=command: command(out, []), folder, env, pairs)
+            if steps is None or setting == "selective":  # --quick: the selective run's only
+                row["fixed_s"] = _fixed_cost(script, lambda out, command=command: command(out, []), folder, env, pairs)
             rows.append(row)
         p = statistics.median(r[0] for r in plain)
         rows.insert(0, {"workload": name, "setting": "plain", "wall_s": p, "peak_mib": max(r[1] for r in plain) / 1024,
