@@ -9,9 +9,9 @@ under TrainCheck's collector, alternating, medians; then micro-benchmarks of the
 
 Workloads are fixtures/bench/*.py (synthetic data, CPU, long enough that training outweighs start-up). A traced
 time is that of the whole command a user waits for (`tc-rewrite`: rewrite, launch, run, seal, count). Peak memory
-is the largest resident set of the command and its children (wait4). Each setting's fixed cost (with --quick, the selective one's), what a run costs
-whatever its length (start-up, rewrite-cache look-up, launch, seal), is a one-step run's time less the plain one's,
-in its own column. Library depth: one run starts with an empty
+is the largest resident set of the command and its children (wait4). Each setting's fixed cost (with --quick, the
+selective one's), what a run costs whatever its length (start-up, rewrite-cache look-up, launch, seal), is a one-step
+run's time less the plain one's, in its own column. Library depth: one run starts with an empty
 rewrite cache (cold), the others find it full (warm). The HF Trainer fixture (frameworks rewritten by default):
 its first run with an empty cache and its warm runs against the plain run. With `--traincheck`, also what
 TrainCheck's engine infers from each collector's trace of a 30-step run of each workload, by relation, and the
