@@ -55,7 +55,9 @@ def _leave_hook(cls: type, node_type: type):
         return found
 
 
-class Transformer(cst.CSTTransformer):
+class _Dispatch:
+    """What the transformer and the visitor share; placed before libcst's class in their bases."""
+
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         cls._own, cls._visits, cls._leaves, cls._field_hooks, cls._skip_bare = _hooks(cls)
@@ -64,37 +66,23 @@ class Transformer(cst.CSTTransformer):
         method, children = _visit_hook(type(self), type(node))
         return (method is None or method(self, node) is not False) and children
 
+    def on_visit_attribute(self, node: cst.CSTNode, attribute: str) -> None:
+        if type(node).__name__ in self._field_hooks:
+            super().on_visit_attribute(node, attribute)
+
+    def on_leave_attribute(self, original_node: cst.CSTNode, attribute: str) -> None:
+        if type(original_node).__name__ in self._field_hooks:
+            super().on_leave_attribute(original_node, attribute)
+
+
+class Transformer(_Dispatch, cst.CSTTransformer):
     def on_leave(self, original_node, updated_node):
         method = _leave_hook(type(self), type(original_node))
         return updated_node if method is None else method(self, original_node, updated_node)
 
-    def on_visit_attribute(self, node: cst.CSTNode, attribute: str) -> None:
-        if type(node).__name__ in self._field_hooks:
-            super().on_visit_attribute(node, attribute)
 
-    def on_leave_attribute(self, original_node: cst.CSTNode, attribute: str) -> None:
-        if type(original_node).__name__ in self._field_hooks:
-            super().on_leave_attribute(original_node, attribute)
-
-
-class Visitor(cst.CSTVisitor):
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._own, cls._visits, cls._leaves, cls._field_hooks, cls._skip_bare = _hooks(cls)
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        method, children = _visit_hook(type(self), type(node))
-        return (method is None or method(self, node) is not False) and children
-
+class Visitor(_Dispatch, cst.CSTVisitor):
     def on_leave(self, original_node: cst.CSTNode) -> None:
         method = _leave_hook(type(self), type(original_node))
         if method is not None:
             method(self, original_node)
-
-    def on_visit_attribute(self, node: cst.CSTNode, attribute: str) -> None:
-        if type(node).__name__ in self._field_hooks:
-            super().on_visit_attribute(node, attribute)
-
-    def on_leave_attribute(self, original_node: cst.CSTNode, attribute: str) -> None:
-        if type(original_node).__name__ in self._field_hooks:
-            super().on_leave_attribute(original_node, attribute)
