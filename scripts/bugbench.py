@@ -254,10 +254,12 @@ def _failed_results(path: Path) -> list[dict]:
 
 
 def _date_violations(violations: list[dict], failed_log: Path, traces: Path) -> None:
-    """A lead violation ("A always precedes B") is found at a call of B with no A since B's previous call, but
+    """A lead violation ("A always precedes B") is found at a call of A with no B since A's previous call, but
     traincheck 0.2.0 reports that previous call (`invariant/lead_relation.py`, the `trace=[pre_event_A]` of its
     checker): the bug's first step shows up as the step before it. Each lead violation gets `witness_step`, the step
-    of the next call of the reported function on the same thread: the call at which the violation is seen. A
+    of the next call of the reported function on the same thread that meets the invariant's precondition (the
+    engine compares only such calls: an invariant of the evaluation stage is seen broken at the next evaluation's
+    call, not at the training call between): the call at which the violation is seen. A
     consistency violation pairs two values, each reported by its last record: it is seen at the later one (a value
     one rank held since set-up against the other rank's value of step 6 is seen at step 6, not at step 0)."""
     results = _failed_results(failed_log) if failed_log.exists() else []
@@ -272,13 +274,14 @@ def _date_violations(violations: list[dict], failed_log: Path, traces: Path) -> 
         reported = (result.get("trace") or [None])[0]
         if violation.get("relation_type") != "FunctionLeadRelation" or not isinstance(reported, dict):
             continue
-        step = _next_call_step(traces, reported)
+        step = _next_call_step(traces, reported, _single_call_precondition(violation, result))
         if step is not None:
             violation["witness_step"] = step
 
 
-def _next_call_step(traces: Path, reported: dict) -> int | None:
-    """The step of the first call of `reported`'s function after it, on its process and thread."""
+def _next_call_step(traces: Path, reported: dict, precondition=None) -> int | None:
+    """The step of the first call of `reported`'s function after it, on its process and thread, that meets
+    `precondition` (a function of the flattened record, or None for any call)."""
     function, after = reported.get("function"), reported.get("time")
     where = (reported.get("process_id"), reported.get("thread_id"))
     needle, best = json.dumps(function), None
@@ -292,9 +295,65 @@ def _next_call_step(traces: Path, reported: dict) -> int | None:
                 record = json.loads(line)
                 if (record.get("type") == "function_call (pre)" and record.get("function") == function
                         and (record.get("process_id"), record.get("thread_id")) == where and record["time"] > after
-                        and (best is None or record["time"] < best[0])):  # fmt: skip
+                        and (best is None or record["time"] < best[0])
+                        and (precondition is None or precondition(_flattened(record)))):  # fmt: skip
                     best = (record["time"], record.get("meta_vars", {}).get("step"))
     return None if best is None else best[1]
+
+
+def _flattened(record: dict, prefix: str = "") -> dict:
+    """Nested keys joined by dots (`meta_vars.stage`) but for a call's arguments and result, as traincheck 0.2.0
+    reads a trace record (`trace/utils.py`, `read_jsonlines_flattened_with_md_none`)."""
+    out = {}
+    for key, value in record.items():
+        if key in ("args", "kwargs", "return_values"):
+            out[key] = value
+        elif isinstance(value, dict) and value:
+            out.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _single_call_precondition(violation: dict, result: dict):
+    """The lead invariant's precondition on one call, as traincheck 0.2.0's `Preconditions.verify([record])` decides
+    it (a disjunction of conjunctions of clauses, possibly inverted; on one record a `constant` clause holds when the
+    property is one of its values, the other kinds when the property is there); None (any call) for a form it does
+    not know, so that dating falls back to the next call."""
+    groups = (result.get("invariant") or {}).get("precondition")
+    if groups == "Unconditional" or not isinstance(groups, dict) or len(groups) != 1:
+        return None
+    (group,) = groups.values()
+    if group == "Unconditional":
+        return None
+    try:
+        inverted = bool(group["inverted"])
+        conjunctions = [c["clauses"] for c in group["preconditions"]]
+        if any(c == "Unconditional" for c in conjunctions):
+            return lambda record: not inverted
+        clauses = [[(k["type"], k["prop_name"], k["additional_path"], k.get("values")) for k in c] for c in conjunctions]
+    except (KeyError, TypeError):
+        return None
+    if any(kind not in ("constant", "consistent", "unequal", "exist") for c in clauses for kind, *_ in c):
+        return None
+
+    def holds(kind: str, name: str, path, values, record: dict) -> bool:
+        if name not in record:
+            return False
+        value = record[name]
+        for part in path if isinstance(path, list) else ():
+            if not isinstance(value, dict) or part not in value:
+                return False
+            value = value[part]
+        if isinstance(value, float) and value != value:  # NaN: missing in the engine's frame
+            return False
+        if kind == "exist":
+            return True
+        if isinstance(value, (dict, list)):  # not hashable: the engine says no
+            return False
+        return kind != "constant" or value in values  # null is a value to the engine (MD_NONE)
+
+    return lambda record: any(all(holds(*clause, record) for clause in c) for c in clauses) != inverted
 
 
 def bench(entry: Entry, collector, engine: Path, work: Path, full: bool = True) -> Outcome:

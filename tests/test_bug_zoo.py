@@ -28,15 +28,6 @@ KNOWN_MISSES: dict[str, str] = {
     "('._'); renamed out of the skip, 'normal_ receives distinct arguments' is inferred and fires at step 0",
 }
 
-# Entries that `--check` reports later than the offline check, and why: what TrainCheck's online engine does, not what
-# it is given (the online checker replaying the finished trace with --exit-on-idle reports the same step).
-LIVE_LATER: dict[str, str] = {
-    "freeze_undone": "'Backbone.forward() always precedes ModuleList()' (evaluation stage) is broken by what does not follow "
-    "step 5's evaluation: read as the trace grows, that is known at the next evaluation forward (step 10); the offline "
-    "check names step 5's call (seen at 6)",
-}
-
-
 @pytest.fixture(scope="module")
 def engine() -> Path:
     try:
@@ -68,6 +59,5 @@ def test_buggy_run_violates_and_healthy_rerun_does_not(name: str, engine: Path, 
     assert not outcome.healthy_violations, [bugbench.short(v) for v in outcome.healthy_violations]
     live = outcome.live_detections(entry.bug_step)
     assert live, f"--check reported nothing of the bug while it ran: {outcome.live_bug}"
-    if name not in LIVE_LATER:
-        assert min(v["step"] for v in live) <= outcome.first_step(entry.bug_step), (live, outcome.first_step(entry.bug_step))
+    assert min(v["step"] for v in live) <= outcome.first_step(entry.bug_step), (live, outcome.first_step(entry.bug_step))
     assert not outcome.live_healthy and not outcome.live_early(entry.bug_step), (outcome.live_healthy, outcome.live_early(entry.bug_step))
