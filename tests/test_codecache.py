@@ -129,3 +129,13 @@ def test_a_program_rewritten_before_comes_from_the_cache_without_libcst(tmp_path
     assert _imports_libcst(changed) and "print(1, " in (changed_dir / "train.py").read_text()
     entries = len(list(cache.glob("*" + codecache.REWRITE_SUFFIX)))
     assert entries == 3 and codecache.info(cache)["entries"] == entries and codecache.clear(cache) == entries
+
+
+def test_the_libcst_version_in_the_key_is_the_one_importlib_metadata_gives():
+    """Read from the metadata folder's name (no importlib.metadata in the traced process): the same version, and
+    nothing for a distribution that is not installed."""
+    import importlib.metadata
+
+    for name in ("libcst", "torch", "zstandard"):
+        assert codecache.installed_version(name) == importlib.metadata.version(name)
+    assert codecache.installed_version("no-such-distribution-here") == ""

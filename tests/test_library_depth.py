@@ -275,3 +275,21 @@ def test_concurrent_cold_runs_leave_one_valid_cache_and_a_damaged_entry_is_rebui
     assert proc.returncode == 0, proc.stderr
     rebuilt = codecache.info(cache)
     assert rebuilt["entries"] == state["entries"] and rebuilt["damaged"] == 0
+
+
+def test_the_finders_shortcut_passes_every_module_the_full_match_would_claim():
+    """`LibraryFinder._may_claim` turns most imports away with a few set look-ups; it must never turn away one that
+    the names (plain, patterns, their parent packages) would claim."""
+    from traincheck_rewrite.runtime.libraries import FRAMEWORKS, LibraryFinder, covered, framework_loops
+
+    finder = LibraryFinder(("torch.optim", "torch.nn.modules", "mypkg.*.layers"), ("torch",), False, True)
+    claimed = lambda name: (framework_loops(name) is not None or covered(name, finder.libraries)  # noqa: E731
+                            or name in finder.parents)  # fmt: skip
+    names = ["torch", "torch.optim", "torch.optim.adam", "torch.optimx", "torch.nn", "torch.nn.modules.linear",
+             "torch.nn.functional", "torch._dynamo.utils", "torch.amp.grad_scaler", "torch.amp", "numpy.linalg",
+             "transformers", "transformers.models.bert.modeling_bert", "transformers.trainer", "lightning.pytorch.loops.fit_loop",
+             "mypkg", "mypkg.a.layers", "mypkg.a.layers.dense", "mypkgx.a.layers", "sympy.core"]  # fmt: skip
+    names += [pattern.replace("*", "x") for pattern, _ in FRAMEWORKS]
+    for name in names:
+        assert finder._may_claim(name) or not claimed(name), name
+    assert not finder._may_claim("numpy.linalg") and not finder._may_claim("torch._dynamo.utils")

@@ -88,3 +88,26 @@ def test_a_file_changed_since_the_rewrite_keeps_the_copys_name(src: Path, tmp_pa
     assert again.returncode == 1
     assert f'File "{traced.run_dir / "helper.py"}", line 9, in fail' in again.stderr
     assert f'File "{src / "train.py"}", line 20, in <module>' in again.stderr
+
+
+def test_the_user_file_finder_resolves_folders_as_realpath_does(tmp_path: Path):
+    """The finder asks, for every package the program imports, whether its folder lies in the run folder: it
+    resolves a folder from its parent's resolution, and must agree with `os.path.realpath` through links, links to
+    links, relative links and links out of the run folder and back in."""
+    import os
+
+    from traincheck_rewrite.runtime.user_files import UserFileFinder, UserFiles
+
+    run = tmp_path / "run"
+    (run / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "outside" / "deep").mkdir(parents=True)
+    os.symlink(run / "pkg", tmp_path / "outside" / "to_pkg")  # out and back in
+    os.symlink("../outside", run / "out")  # relative, out of the run folder
+    os.symlink(tmp_path / "outside" / "to_pkg", tmp_path / "link_to_link")
+    finder = UserFileFinder(UserFiles(str(run)))
+    folders = [run / "pkg" / "sub", tmp_path / "outside" / "to_pkg" / "sub", run / "out" / "deep", tmp_path / "link_to_link" / "sub",
+               tmp_path / "outside" / "deep", run / "pkg" / ".." / "pkg", run / "missing" / "x", tmp_path / "run"]  # fmt: skip
+    for folder in map(str, folders):
+        real = os.path.realpath(folder)
+        assert finder._realpath(folder) == real, folder
+        assert finder._in_run_folder(folder) == (real == str(run.resolve()) or real.startswith(str(run.resolve()) + os.sep)), folder

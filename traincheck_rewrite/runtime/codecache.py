@@ -15,7 +15,6 @@ checksum or does not unmarshal into code is ignored and rebuilt.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import marshal
 import os
@@ -48,16 +47,29 @@ def _tool_fingerprint() -> bytes:
     global _fingerprint
     if _fingerprint is None:
         h = hashlib.blake2b(__version__.encode(), digest_size=_DIGEST)
-        try:
-            h.update(b"libcst " + importlib.metadata.version("libcst").encode())
-        except importlib.metadata.PackageNotFoundError:
-            pass
+        h.update(b"libcst " + installed_version("libcst").encode())
         rewrite_dir = Path(__file__).resolve().parent.parent / "rewrite"
         for path in sorted(rewrite_dir.glob("*.py")):
             h.update(path.name.encode() + b"\0" + path.read_bytes())
         h.update(importlib.util.MAGIC_NUMBER + bytes([sys.flags.optimize]))
         _fingerprint = h.digest()
     return _fingerprint
+
+
+def installed_version(distribution: str) -> str:
+    """The version in the name of the distribution's metadata folder (`libcst-1.5.0.dist-info`) first found on
+    sys.path, as `importlib.metadata.version` finds it, without importing that (a third of the runtime's own import
+    time, in every traced process); "" when there is none."""
+    prefix = distribution + "-"
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix) and name.endswith((".dist-info", ".egg-info")):
+                return name[len(prefix) : name.rindex(".")].split("-")[0]
+    return ""
 
 
 def entry_key(source: bytes, path: str, options: tuple[str, ...]) -> str:

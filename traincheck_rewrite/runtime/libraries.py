@@ -225,8 +225,27 @@ class LibraryFinder:
         self.quiet_import = not log_import_time_calls
         names = (*libraries, *(pattern for pattern, _ in FRAMEWORKS)) if frameworks else libraries
         self.parents = set().union(*(_parents(name) for name in names))
+        # What any name could cover, in a few set look-ups: every import of the program asks this finder first.
+        self.plain_names = {name for name in names if "*" not in name}
+        self.pattern_heads = {name.partition(".")[0] for name in names if "*" in name}
+        self.any_module = any("*" in head for head in self.pattern_heads)  # a pattern such as "*.modeling_*"
+
+    def _may_claim(self, fullname: str) -> bool:
+        """False for a module no name covers and no parent of one (most imports), without matching each name."""
+        if fullname in self.parents:
+            return True
+        if self.any_module or fullname.partition(".")[0] in self.pattern_heads:
+            return True
+        name = fullname
+        while name:
+            if name in self.plain_names:
+                return True
+            name = name.rpartition(".")[0]
+        return False
 
     def find_spec(self, fullname: str, path=None, target=None):
+        if not self._may_claim(fullname):
+            return None
         loops = framework_loops(fullname) if self.frameworks else None
         rewrite = (loops is not None or covered(fullname, self.libraries)) and not covered(fullname, NEVER_REWRITTEN)
         if not rewrite and not (self.quiet_import and fullname in self.parents):

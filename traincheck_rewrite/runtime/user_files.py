@@ -55,8 +55,6 @@ class UserFiles:
             return None
         return (user, kept) if unchanged else None
 
-    def inside(self, folder: str) -> bool:
-        return os.path.realpath(folder).startswith(self.run_dir + os.sep) or os.path.realpath(folder) == self.run_dir
 
 
 def _source_root(run_dir: str) -> str | None:
@@ -219,12 +217,30 @@ class UserFileFinder:
         self.files = files
         self.top_level = {name[:-3] if name.endswith(".py") else name for name in _listdir(files.run_dir)}
         self._inside: dict[str, bool] = {}
+        self._real: dict[str, str] = {}
 
     def _in_run_folder(self, folder: str) -> bool:
         known = self._inside.get(folder)
         if known is None:
-            known = self._inside[folder] = self.files.inside(folder)
+            run_dir = self.files.run_dir
+            real = self._realpath(folder)
+            known = self._inside[folder] = real == run_dir or real.startswith(run_dir + os.sep)
         return known
+
+    def _realpath(self, folder: str) -> str:
+        """`os.path.realpath(folder)` from its parent's, which the packages beside it share: one `lstat` per new
+        folder instead of one per part of its path (every package a program imports asks this finder first)."""
+        real = self._real.get(folder)
+        if real is None:
+            parent, name = os.path.split(folder)
+            if not os.path.isabs(folder) or not name or name in (os.curdir, os.pardir) or parent == folder:
+                real = os.path.realpath(folder)
+            else:
+                real = os.path.join(self._realpath(parent), name)
+                if os.path.islink(real):
+                    real = os.path.realpath(real)
+            self._real[folder] = real
+        return real
 
     def find_spec(self, fullname: str, path=None, target=None):
         if path is None:
