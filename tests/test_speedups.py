@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import FIXTURES, ROOT, run_tc
-from traincheck_rewrite.runtime import _speedups, encode, values  # _speedups: scripts/venv.sh builds it
+from traincheck_rewrite.runtime import _speedups, encode, logged_importlib_bootstrap, values  # noqa: F401  (configures the C calls)
 from traincheck_rewrite.runtime.lookup import _info
 
 PRE, POST, EXC, DICT = encode.PRE, encode.POST, encode.EXC, encode.DICT
@@ -127,6 +127,46 @@ def test_a_storage_keeps_its_id_while_it_lives_and_a_new_one_gets_a_new_id(data_
         seen.add(n)
         del b
     assert data_id(a) == first
+
+
+class _MyTensor(torch.Tensor):
+    pass
+
+
+def _values_to_number() -> tuple[object, list]:
+    """A call's values with tensors everywhere `encoded` looks (and some it does not: past the 16th item), fresh
+    storages each time; and the tensors in the order the values hold them."""
+    ts = [torch.ones(2) for _ in range(44)]
+    sub = torch.zeros(3).as_subclass(_MyTensor)
+    param = torch.nn.Parameter(torch.ones(2))
+    value = [ts[0], (ts[1], ts[0].view(2, 1)), {"a": ts[2], 3: [ts[3], None, "x", 1.5]}, param, sub, torch.float32,
+             torch.nn.Linear(1, 1), ts[4:24], {f"k{i}": ts[24 + i] for i in range(20)}]  # fmt: skip
+    return value, [*ts, sub, param]
+
+
+@pytest.mark.parametrize("number", [values.number, _speedups.number], ids=["python", "c"])
+def test_numbering_gives_data_ids_in_the_order_encoding_gives_them(number):
+    """`number` (a call whose values are not kept) must give each tensor the id `encoded` would give it: the same
+    tensors in the same order, and none past the 16th item of a list or dict. The C version must agree with the
+    Python one on a nested value with a tensor subclass, a parameter, shared storages and long lists."""
+    reference, ref_tensors = _values_to_number()
+    values.encoded(reference)
+    expected = [values._data_ids.get(id(t.untyped_storage()), (None, None))[1] for t in ref_tensors]
+    value, tensors = _values_to_number()
+    number(value)
+    got = [values._data_ids.get(id(t.untyped_storage()), (None, None))[1] for t in tensors]
+    assert [g is None for g in got] == [e is None for e in expected]
+    known = [(e, g) for e, g in zip(expected, got) if e is not None]
+    assert [g - known[0][1] for _, g in known] == [e - known[0][0] for e, _ in known]  # the same order of appearance
+    assert expected.count(None) > 0  # the value does reach past what is numbered
+
+
+@pytest.mark.parametrize("number", [values.number, _speedups.number], ids=["python", "c"])
+def test_numbering_a_value_that_holds_itself_raises_recursion_error(number):
+    loop: list = [torch.ones(1)]
+    loop.append(loop)
+    with pytest.raises(RecursionError):
+        number(loop)
 
 
 def _records_of(tmp_path: Path, wrap, plain: bool) -> tuple[list, list]:

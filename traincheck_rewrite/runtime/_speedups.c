@@ -472,9 +472,10 @@ enum { INFO_NAME = 0, INFO_BOUND = 1, INFO_PLAIN = 9 }; /* lookup.py's info tupl
 
 static PyObject *calls_globals, *meta_globals;     /* the dicts `state`, `compiling` and `current` are read from */
 static PyObject *general_begin, *general_end;      /* the general path's halves */
-static PyObject *closed_by_exception, *recorder_error_fn, *encoded_fn, *encoded_return_fn, *number_call_fn, *number_fn;
+static PyObject *closed_by_exception, *recorder_error_fn, *encoded_fn, *encoded_return_fn, *number_fn;
 static PyObject *tensor_types;                     /* values._tensor_types: tensor_text's types */
-static Py_ssize_t batch_size;
+static PyObject *plain_types;                      /* types values.number found to hold no tensor */
+static Py_ssize_t batch_size, max_items;
 static PyObject *pre_kind, *post_kind, *no_proxies;
 static PyObject *s_state, *s_compiling, *s_current, *s_plain, *s_local, *s_thread, *s_new_thread, *s_stack,
     *s_unrecorded, *s_records, *s_steps, *s_refresh, *s_ids, *s_tracker, *s_names_by_id, *s_proxy_names, *s_flush_thread;
@@ -795,31 +796,73 @@ done:
     return result;
 }
 
-/* `numbered`: no records, but the tensors' data ids a run that records everything gives them. */
-static PyObject *numbered_call(LoggedCall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *t = args_tuple(args, nargs);
-    if (t == NULL)
-        return NULL;
-    PyObject *kwargs = kwargs_dict(args, nargs, kwnames, 1);
-    if (kwargs == NULL && PyErr_Occurred()) {
-        Py_DECREF(t);
-        return NULL;
+/* values.number(v): the data ids of the tensors in `v`, given in the order `encoded(v)` would give them. Tensors,
+ * lists, tuples and dicts here; a value of any other type goes once to the Python code (which may find a new tensor
+ * type), and its type is remembered when that found no tensor. */
+static int number_value(PyObject *v) {
+    PyObject *type = (PyObject *)Py_TYPE(v);
+    int found = PySet_Contains(tensor_types, type);
+    if (found) {
+        PyObject *id = found < 0 ? NULL : data_id(NULL, v);
+        Py_XDECREF(id);
+        return id == NULL ? -1 : 0;
     }
-    PyObject *r = PyObject_CallFunctionObjArgs(number_call_fn, self->owner, t, kwargs ? kwargs : Py_None, NULL);
-    Py_DECREF(t);
-    Py_XDECREF(kwargs);
+    if (PyList_CheckExact(v) || PyTuple_CheckExact(v) || PyDict_CheckExact(v)) {
+        if (Py_EnterRecursiveCall(" while numbering a call's values"))
+            return -1;
+        int rc = 0;
+        if (PyDict_CheckExact(v)) {
+            Py_ssize_t pos = 0, i = 0;
+            PyObject *key, *item;
+            while (rc == 0 && i++ < max_items && PyDict_Next(v, &pos, &key, &item)) {
+                Py_INCREF(item);
+                rc = number_value(item);
+                Py_DECREF(item);
+            }
+        } else {
+            for (Py_ssize_t i = 0; rc == 0 && i < max_items && i < Py_SIZE(v); i++) {
+                PyObject *item = Py_NewRef(PyList_CheckExact(v) ? PyList_GET_ITEM(v, i) : PyTuple_GET_ITEM(v, i));
+                rc = number_value(item);
+                Py_DECREF(item);
+            }
+        }
+        Py_LeaveRecursiveCall();
+        return rc;
+    }
+    if ((found = PySet_Contains(plain_types, type)) != 0)
+        return found < 0 ? -1 : 0;
+    PyObject *r = PyObject_CallOneArg(number_fn, v);
     if (r == NULL)
-        return NULL;
+        return -1;
     Py_DECREF(r);
+    found = PySet_Contains(tensor_types, type);
+    return found < 0 ? -1 : found ? 0 : PySet_Add(plain_types, type);
+}
+
+/* `numbered`: no records, but the tensors' data ids a run that records everything gives them (the owner, the
+ * arguments and the keyword arguments' values before the call, its result after it). A failure to number is a
+ * recorder error, reported, and the call goes on. */
+static PyObject *numbered_call(LoggedCall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf) + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    int rc = number_value(self->owner);
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++)
+        rc = number_value(args[i]);
+    if (rc < 0 && recorder_failed() < 0)
+        return NULL;
     PyObject *result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
-    if (result != NULL) {
-        r = PyObject_CallOneArg(number_fn, result);
-        if (r == NULL)
-            Py_CLEAR(result);
-        Py_XDECREF(r);
-    }
+    if (result != NULL && number_value(result) < 0 && recorder_failed() < 0)
+        Py_CLEAR(result);
     return result;
+}
+
+static PyObject *number(PyObject *module, PyObject *v) {
+    if (plain_types == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_calls first (logged_importlib_bootstrap does)");
+        return NULL;
+    }
+    if (number_value(v) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *logged_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
@@ -926,10 +969,10 @@ static PyObject *logged_call(PyObject *module, PyObject *const *args, Py_ssize_t
 }
 
 static PyObject *configure_calls(PyObject *module, PyObject *args) {
-    PyObject *g, *m, *gb, *ge, *ce, *re, *en, *er, *nc, *nf, *tt;
-    Py_ssize_t batch;
-    if (!PyArg_ParseTuple(args, "O!O!OOOOOOOOO!n", &PyDict_Type, &g, &PyDict_Type, &m, &gb, &ge, &ce, &re, &en, &er,
-                          &nc, &nf, &PySet_Type, &tt, &batch))
+    PyObject *g, *m, *gb, *ge, *ce, *re, *en, *er, *nf, *tt;
+    Py_ssize_t batch, items;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOOOOO!nn", &PyDict_Type, &g, &PyDict_Type, &m, &gb, &ge, &ce, &re, &en, &er,
+                          &nf, &PySet_Type, &tt, &batch, &items))
         return NULL;
     Py_XSETREF(calls_globals, Py_NewRef(g));
     Py_XSETREF(meta_globals, Py_NewRef(m));
@@ -939,10 +982,13 @@ static PyObject *configure_calls(PyObject *module, PyObject *args) {
     Py_XSETREF(recorder_error_fn, Py_NewRef(re));
     Py_XSETREF(encoded_fn, Py_NewRef(en));
     Py_XSETREF(encoded_return_fn, Py_NewRef(er));
-    Py_XSETREF(number_call_fn, Py_NewRef(nc));
     Py_XSETREF(number_fn, Py_NewRef(nf));
     Py_XSETREF(tensor_types, Py_NewRef(tt));
+    Py_XSETREF(plain_types, PySet_New(NULL));
+    if (plain_types == NULL)
+        return NULL;
     batch_size = batch;
+    max_items = items;
     Py_RETURN_NONE;
 }
 
@@ -978,7 +1024,8 @@ static PyMethodDef methods[] = {
     {"data_id", data_id, METH_O, "data_id(tensor) -> its storage's order of appearance, or None"},
     {"tensor_text", tensor_text, METH_O, "tensor_text(tensor) -> its envelope as JSON text, with its data id"},
     {"configure_calls", configure_calls, METH_VARARGS, "configure_calls(globals, meta globals, general_begin, general_end, "
-     "closed_by_exception, recorder_error, encoded, encoded_return, number_call, number, tensor types, batch size)"},
+     "closed_by_exception, recorder_error, encoded, encoded_return, number, tensor types, batch size, max items)"},
+    {"number", number, METH_O, "number(value): values.number, the tensors' data ids given in encoding order"},
     {"logged_call", (PyCFunction)(void (*)(void))logged_call, METH_FASTCALL, "logged_call(site, fn, info | None, owner | None)"},
     {NULL, NULL, 0, NULL},
 };

@@ -29,7 +29,7 @@ from types import MethodType
 from . import meta
 from .encode import EXC, POST, PRE
 from .lookup import BOUND, CONTAINED_ONLY, FORWARD, INNER, LOGGED, MUTATES, NAME, PLAIN, ROLE, ROLE_BACKWARD, ROLE_CHECKPOINT, ROLE_DIST_INIT, ROLE_NEW_OPTIMIZER, lookup
-from .values import _tensor_types, encoded, encoded_return, number, type_name
+from .values import MAX_ITEMS, _tensor_types, encoded, encoded_return, number, type_name
 from .warn import warn_once
 from .writer import BATCH
 
@@ -129,11 +129,6 @@ def numbered(ctx, *args, **kwargs):
     result = fn(*args, **kwargs)
     _number(result)
     return result
-
-
-def _number_call(owner, args: tuple, kwargs: dict | None) -> None:
-    """`numbered`'s numbering before the call, for the C wrapper."""
-    _number(owner, *args, *(kwargs.values() if kwargs else ()))
 
 
 def logged(ctx, *args, **kwargs):
@@ -307,7 +302,7 @@ def _number(*values) -> None:
     """The data ids a recorded call's values would get (values.number), for a call whose values are not kept."""
     try:
         for value in values:
-            number(value)
+            _number_value(value)
     except Exception as exc:
         recorder_error(exc)
 
@@ -452,11 +447,12 @@ def recorder_error(exc: Exception) -> None:
 
 try:
     from ._speedups import configure_calls, logged_call
+    from ._speedups import number as _number_value
 except ImportError:  # not built, or built from an older _speedups.c: `logged` and `numbered` above are the wrappers
-    _c_call = None
+    _c_call, _number_value = None, number
 else:  # the same wrappers as a C callable (_speedups.c): no Python frame between the program's call and the callee
     configure_calls(
         globals(), meta.__dict__, general_begin, general_end, closed_by_exception, recorder_error, encoded,
-        encoded_return, _number_call, _number, _tensor_types, BATCH,
+        encoded_return, number, _tensor_types, BATCH, MAX_ITEMS,
     )  # fmt: skip
     _c_call = logged_call
