@@ -167,28 +167,45 @@ def test_contiguous_and_strided_tensors_of_the_same_values_hash_alike():
         assert not strided.is_contiguous() and tensor_hash(strided) == tensor_hash(t), dtype
 
 
-def test_a_batch_hashes_each_tensor_as_it_hashes_alone(monkeypatch):
+def _by_tensor_operations(t) -> int:
+    return int(tensors._hash_tensor(t).item())
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["host memory read in place", "tensor operations"])
+def test_a_batch_hashes_each_tensor_as_it_hashes_alone(monkeypatch, in_place: bool):
     """Tracking hashes the tensors of a check together (`hashes`): each must get exactly `tensor_hash`'s value, in
-    every dtype, layout and size, whether batched, cut into several batches or hashed alone, and again after a change
-    (the batch's buffers are reused)."""
+    every dtype, layout and size, whether read in place by the C speedups (host memory), batched, cut into several
+    batches or hashed alone, and again after a change (the batch's buffers are reused); and that value is the one
+    of the tensor operations (`_hash_tensor`, which hashes tensors on any device)."""
+    if not in_place:
+        monkeypatch.setattr(tensors, "_speedups", None)
+    elif tensors._speedups is None:
+        pytest.skip("the C speedups are not built")
     g = torch.Generator().manual_seed(2)
     items = [torch.randn(64, 64, generator=g), torch.randn(3, generator=g), torch.randn(64, 64, generator=g).t(),
              torch.randn(5, generator=g, dtype=torch.float64), torch.arange(7), torch.arange(9, dtype=torch.int32),
              torch.empty(0), torch.ones(4, dtype=torch.bool), torch.randn(10, generator=g).half(),
              torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, -0.0]), torch.randn(70_000, generator=g),
              torch.randn(63, generator=g), torch.randn(64, generator=g), torch.randn(65, generator=g), torch.tensor(3.0),
-             torch.randn(2, 3, 4, generator=g)[:, 1], torch.randn(3, generator=g, dtype=torch.complex64)]  # fmt: skip
-    assert tensors.hashes(items) == [tensor_hash(t) for t in items]
+             torch.randn(2, 3, 4, generator=g)[:, 1], torch.randn(3, generator=g, dtype=torch.complex64),
+             torch.randn(8, 8, generator=g)[2:5], torch.randint(-2**40, 2**40, (33,), generator=g),
+             torch._neg_view(torch.randn(6, generator=g))]  # fmt: skip
+    expected = [tensor_hash(t) for t in items]
+    assert tensors.hashes(items) == expected
+    assert [h for h, t in zip(expected, items) if not t.is_complex() and t.dtype != torch.bool] == [
+        _by_tensor_operations(t) for t in items if not t.is_complex() and t.dtype != torch.bool]
     items[0].add_(1)
     items[12][5] = float("nan")
     assert tensors.hashes(items) == [tensor_hash(t) for t in items]
+    assert tensors.hashes(items)[0] == _by_tensor_operations(items[0])
     monkeypatch.setattr(tensors, "GROUP_MAX_WORDS", 100)  # several batches of one dtype
     assert tensors.hashes(items) == [tensor_hash(t) for t in items]
 
 
-def test_threads_hashing_tensors_of_the_same_shapes_at_once_get_their_own_hashes():
+def test_threads_hashing_tensors_of_the_same_shapes_at_once_get_their_own_hashes(monkeypatch):
     """A batch's buffer is kept per list of shapes: two threads checking tensors of the same shapes (grads in one,
     weights in another) must not read each other's copies."""
+    monkeypatch.setattr(tensors, "_speedups", None)  # host tensors are batched only without the C speedups
     g = torch.Generator().manual_seed(3)
     lists = [[torch.randn(256, 64, generator=g), torch.randn(64, generator=g)] for _ in range(2)]
     expected = [[tensor_hash(t) for t in ts] for ts in lists]

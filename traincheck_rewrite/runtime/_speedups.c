@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #ifdef __linux__
 #include <time.h>
@@ -1015,6 +1016,30 @@ static int init_calls(PyObject *module) {
     return PyModule_AddObjectRef(module, "LoggedCall", (PyObject *)&LoggedCallType);
 }
 
+/* ==== Tensor hashes ================================================================================================= */
+
+/* tensors.tensor_hash of a dense tensor of 32-bit words in host memory, read in place: the sum of each word times
+ * its weight modulo 2**32, as a signed 32-bit int. `data`: the address of the tensor's first word, `n` words;
+ * `weights`: the address of `_weights_for(n)`'s. The caller holds both tensors (and the GIL) while this reads them. */
+static PyObject *word_hash(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "word_hash(data address, words, weights address)");
+        return NULL;
+    }
+    const uint32_t *data = PyLong_AsVoidPtr(args[0]), *weights = PyLong_AsVoidPtr(args[2]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (n < 0 || (n && (data == NULL || weights == NULL || (uintptr_t)data % 4 || (uintptr_t)weights % 4))) {
+        PyErr_SetString(PyExc_ValueError, "word_hash: no aligned words to read");
+        return NULL;
+    }
+    uint32_t sum = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        sum += data[i] * weights[i];
+    return PyLong_FromLong((int32_t)sum);
+}
+
 /* ==== The module ==================================================================================================== */
 
 static PyMethodDef methods[] = {
@@ -1025,6 +1050,7 @@ static PyMethodDef methods[] = {
     {"tensor_text", tensor_text, METH_O, "tensor_text(tensor) -> its envelope as JSON text, with its data id"},
     {"configure_calls", configure_calls, METH_VARARGS, "configure_calls(globals, meta globals, general_begin, general_end, "
      "closed_by_exception, recorder_error, encoded, encoded_return, number, tensor types, batch size, max items)"},
+    {"word_hash", (PyCFunction)(void (*)(void))word_hash, METH_FASTCALL, "word_hash(data address, words, weights address) -> hash"},
     {"number", number, METH_O, "number(value): values.number, the tensors' data ids given in encoding order"},
     {"logged_call", (PyCFunction)(void (*)(void))logged_call, METH_FASTCALL, "logged_call(site, fn, info | None, owner | None)"},
     {NULL, NULL, 0, NULL},

@@ -23,6 +23,11 @@ import threading
 from .values import readable
 from .warn import warn_once
 
+try:
+    from . import _speedups
+except ImportError:  # not built: tensor operations hash every tensor
+    _speedups = None
+
 FULL_CAP = 100_000  # elements written by `full` before the values are cut (with one warning)
 BLOCK = 64  # words: a batch places each tensor at a multiple of it, so block sums never straddle two tensors
 BATCH_MAX_WORDS = 1 << 16  # tensors larger than this are hashed one by one (their arithmetic outweighs a dispatch)
@@ -57,6 +62,10 @@ def tensor_hash(t) -> int | None:
     if kind(t) is not None:
         return unusual_contents(t, "hash")
     try:
+        torch = _torch()
+        t = t.detach()
+        if _speedups is not None and _in_place(t, torch):
+            return _word_hash(t, torch)
         return int(_hash_tensor(t).item())
     except Exception as exc:
         return refused(type(t).__name__, exc)
@@ -142,6 +151,8 @@ def _hash_tensor(t):
     """
     torch = _torch()
     t = t.detach()
+    if t.is_neg():  # a lazily negated view (torch._neg_view): its values, as a batch's copy reads them
+        t = t.resolve_neg()
     if _in_words(t, torch) and t.is_contiguous():  # the common case, in fewer tensor operations
         bits = t.reshape(-1).view(torch.int32)
         return (bits * _weights_for(bits.numel(), bits.device, torch.int32)).sum(dtype=torch.int32).to(torch.int64)
@@ -218,16 +229,30 @@ def _batchable(t, torch) -> bool:
     return t.layout is torch.strided and _in_words(t, torch) and 0 < t.numel() * (t.element_size() // 4) <= BATCH_MAX_WORDS
 
 
+def _in_place(t, torch) -> bool:
+    """A plain contiguous tensor of 32-bit words in host memory, which `_speedups.word_hash` reads where it lies."""
+    return (type(t) is torch.Tensor and t.is_cpu and t.layout is torch.strided and _in_words(t, torch)
+            and not t.is_nested and t.is_contiguous() and not t.is_neg())  # fmt: skip
+
+
+def _word_hash(t, torch) -> int:
+    words = t.numel() * (t.element_size() // 4)
+    return _speedups.word_hash(t.data_ptr(), words, _weights_for(words, t.device, torch.int32).data_ptr())
+
+
 def hashes(items: list) -> list[int]:
-    """`tensor_hash` of each (detached) tensor: small tensors of one device and dtype in one batch of a few tensor
-    operations (instead of five each: most of tracking's cost per step on small models), the others one by one; one
-    host synchronisation per batch and per device."""
+    """`tensor_hash` of each (detached) tensor: tensors in host memory read in place by the C speedups where built
+    (no copy, no product tensor); else small tensors of one device and dtype in one batch of a few tensor operations
+    (instead of five each: most of tracking's cost per step on small models), the others one by one; one host
+    synchronisation per batch and per device."""
     torch = _torch()
     out: list = [None] * len(items)
     groups: dict = {}  # (device, dtype) -> indices of batchable tensors
     alone: dict = {}  # device -> indices of tensors hashed one by one
     for i, t in enumerate(items):
-        if _batchable(t, torch):
+        if _speedups is not None and _in_place(t, torch):
+            out[i] = _word_hash(t, torch)
+        elif _batchable(t, torch):
             groups.setdefault((t.device, t.dtype), []).append(i)
         elif kind(t) is None:
             alone.setdefault(t.device, []).append(i)
