@@ -1,10 +1,12 @@
 /* The recorder's per-record work in C: encoding a batch of record tuples as JSON lines (encode.py's `encode`, which
- * stays the reference and the fallback when this module is not built) and a tensor's envelope text
- * (values.py's `encoded` for tensors, and its data id).
+ * stays the reference and the fallback when this module is not built), a tensor's envelope text (values.py's
+ * `encoded` for tensors, and its data id), the numbering of a call's tensors (values.py's `number`), the logged
+ * call's wrapper (logged_importlib_bootstrap.py's `logged` and `numbered`) and the hash of a tensor in host memory
+ * (tensors.py's `tensor_hash`).
  *
- * Both produce exactly the bytes of the Python code (tests/test_speedups.py compares them on real runs). What is
- * rare or needs Python's own formatting (state records, exceptions, keyword arguments, proxies, relabelled meta
- * variables, a new kind of tensor) is handed to the Python helpers given to `configure`.
+ * Each gives exactly what the Python code gives (tests/test_speedups.py and tests/test_tracking.py compare them).
+ * What is rare or needs Python's own formatting (state records, exceptions, keyword arguments, proxies, relabelled
+ * meta variables, a new kind of tensor) is handed to the Python helpers given to `configure`.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -251,8 +251,12 @@ def hashes(items: list) -> list[int]:
     alone: dict = {}  # device -> indices of tensors hashed one by one
     for i, t in enumerate(items):
         if _speedups is not None and _in_place(t, torch):
-            out[i] = _word_hash(t, torch)
-        elif _batchable(t, torch):
+            try:
+                out[i] = _word_hash(t, torch)
+                continue
+            except Exception:  # never expected: the tensor goes the way of the others
+                pass
+        if _batchable(t, torch):
             groups.setdefault((t.device, t.dtype), []).append(i)
         elif kind(t) is None:
             alone.setdefault(t.device, []).append(i)
