@@ -1,5 +1,6 @@
 # expect-exit: 0
 """Docstring of the introspection script."""
+import gc
 import inspect
 import os
 
@@ -16,3 +17,4 @@ def where():
 
 print("called from", where(), torch.ones(1).item())
 print("defined at", where.__code__.co_firstlineno)
+print("collector", gc.isenabled(), gc.get_threshold())  # the tool tunes its own process's, never the program's
