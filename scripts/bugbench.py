@@ -274,7 +274,7 @@ def _date_violations(violations: list[dict], failed_log: Path, traces: Path) -> 
         reported = (result.get("trace") or [None])[0]
         if violation.get("relation_type") != "FunctionLeadRelation" or not isinstance(reported, dict):
             continue
-        step = _next_call_step(traces, reported, _single_call_precondition(violation, result))
+        step = _next_call_step(traces, reported, _single_call_precondition(result))
         if step is not None:
             violation["witness_step"] = step
 
@@ -315,7 +315,7 @@ def _flattened(record: dict, prefix: str = "") -> dict:
     return out
 
 
-def _single_call_precondition(violation: dict, result: dict):
+def _single_call_precondition(result: dict):
     """The lead invariant's precondition on one call, as traincheck 0.2.0's `Preconditions.verify([record])` decides
     it (a disjunction of conjunctions of clauses, possibly inverted; on one record a `constant` clause holds when the
     property is one of its values, the other kinds when the property is there); None (any call) for a form it does

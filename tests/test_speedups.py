@@ -161,6 +161,20 @@ def test_numbering_gives_data_ids_in_the_order_encoding_gives_them(number):
     assert expected.count(None) > 0  # the value does reach past what is numbered
 
 
+def test_numbering_in_c_finds_a_tensor_type_it_has_not_met():
+    """A type the C numbering does not know goes to the Python code once, which may find it is a tensor type."""
+
+    class Fresh(torch.Tensor):
+        pass
+
+    t = torch.ones(3).as_subclass(Fresh)
+    _speedups.number({"x": [1, t]})
+    assert Fresh in values._tensor_types and id(t.untyped_storage()) in values._data_ids
+    u = torch.ones(3).as_subclass(Fresh)
+    _speedups.number(u)  # known now: numbered in C
+    assert id(u.untyped_storage()) in values._data_ids
+
+
 @pytest.mark.parametrize("number", [values.number, _speedups.number], ids=["python", "c"])
 def test_numbering_a_value_that_holds_itself_raises_recursion_error(number):
     loop: list = [torch.ones(1)]
