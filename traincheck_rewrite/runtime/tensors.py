@@ -239,8 +239,11 @@ def _in_place(t, torch) -> bool:
 
 
 def _word_hash(t, torch) -> int:
+    """`word_hash` of `t`, which the caller holds; the weights are held here while C reads them (the cache of
+    weights may be cleared by another thread meanwhile)."""
     words = t.numel() * (t.element_size() // 4)
-    return _speedups.word_hash(t.data_ptr(), words, _weights_for(words, t.device, torch.int32).data_ptr())
+    weights = _weights_for(words, t.device, torch.int32)
+    return _speedups.word_hash(t.data_ptr(), words, weights.data_ptr())
 
 
 def hashes(items: list) -> list[int]:
