@@ -524,11 +524,9 @@ static PyObject *args_tuple(PyObject *const *args, Py_ssize_t nargs) {
     return t;
 }
 
-/* The keyword arguments as a dict; NULL with no error when there are none and `empty_as_null`. */
-static PyObject *kwargs_dict(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int empty_as_null) {
+/* The keyword arguments as a dict (empty when there are none). */
+static PyObject *kwargs_dict(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     Py_ssize_t nk = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nk == 0 && empty_as_null)
-        return NULL;
     PyObject *d = PyDict_New();
     for (Py_ssize_t i = 0; d != NULL && i < nk; i++) {
         if (PyDict_SetItem(d, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0)
@@ -770,7 +768,7 @@ done:
 /* `logged`'s general path: the Python halves around the call. */
 static PyObject *general_path(LoggedCall *self, PyObject *s, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *t = args_tuple(args, nargs), *kwargs = t == NULL ? NULL : kwargs_dict(args, nargs, kwnames, 0);
+    PyObject *t = args_tuple(args, nargs), *kwargs = t == NULL ? NULL : kwargs_dict(args, nargs, kwnames);
     if (kwargs == NULL) {
         Py_XDECREF(t);
         return NULL;
